@@ -1,0 +1,221 @@
+//! The peer worker: one thread per connection, driving its [`Session`] over the socket.
+//!
+//! Each worker has its own small `mio` poll, so it sleeps until its socket, a command from
+//! the registry, or its own next deadline wakes it: an idle link costs no wake-ups between
+//! pings, and a ping is never stuck behind another peer's work.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::daemon::{Clock, Msg};
+use crate::registry::{ConnId, Input};
+use crate::session::{Session, SessionEvent};
+use crate::wire::Reason;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Commands a worker can have queued: a verdict and a close at most, with room to spare.
+const COMMAND_QUEUE: usize = 8;
+/// Read buffer per worker: our messages are tiny, so a small buffer keeps each peer's
+/// footprint small; a large frame simply takes more reads.
+const READ_BUF: usize = 4096;
+/// Stack of a worker thread: it runs a shallow loop, so the default 2 MiB is waste.
+const STACK_SIZE: usize = 128 * 1024;
+
+/// What the registry tells a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The handshake is accepted.
+    Accept,
+    /// Close gracefully with this reason.
+    Close(Reason),
+}
+
+/// The registry's line to one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    /// Queues a command and wakes the worker. Never blocks: the registry must not wait on
+    /// any one peer.
+    pub fn send(&self, command: Command) {
+        match self.commands.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(c)) => warn!("Peer worker queue full; dropped {c:?}"),
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+        let _ = self.waker.wake();
+    }
+}
+
+/// Everything a worker needs besides its socket and session.
+#[derive(Clone)]
+pub struct WorkerContext {
+    /// The daemon's clock.
+    pub clock: Clock,
+    /// The registry thread's inbox.
+    pub registry: Sender<Msg>,
+    /// Running workers, so shutdown can wait for every FIN exchange to finish.
+    pub live: Arc<AtomicUsize>,
+}
+
+/// Starts a worker for `conn`. The registry learns its handle (`Msg::Attach`) before the
+/// thread runs, so the handle is known before any of the worker's events arrive.
+pub fn spawn(conn: ConnId, mut stream: TcpStream, session: Session, ctx: &WorkerContext) -> io::Result<()> {
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+    let handle = WorkerHandle {
+        commands: tx,
+        waker,
+    };
+    let _ = ctx.registry.send(Msg::Attach(conn, handle));
+    let remote = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let worker = Worker {
+        conn,
+        remote,
+        stream,
+        poll,
+        commands: rx,
+        session,
+        ctx: ctx.clone(),
+        eof: false,
+    };
+    ctx.live.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name(format!("peer-{}", worker.remote))
+        .stack_size(STACK_SIZE)
+        .spawn(move || worker.run());
+    if let Err(e) = spawned {
+        ctx.live.fetch_sub(1, Ordering::SeqCst);
+        // The registry already knows the connection: tell it that it is gone.
+        let _ = ctx.registry.send(Msg::Input(Input::Closed {
+            conn,
+            reason: crate::session::CloseReason::Io(format!("cannot start worker: {e}")),
+        }));
+        return Err(e);
+    }
+    Ok(())
+}
+
+struct Worker {
+    conn: ConnId,
+    remote: String,
+    stream: TcpStream,
+    poll: Poll,
+    commands: Receiver<Command>,
+    session: Session,
+    ctx: WorkerContext,
+    eof: bool,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(4);
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let now = self.ctx.clock.now();
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    Command::Accept => self.session.accept(now),
+                    Command::Close(reason) => self.session.close(reason, now),
+                }
+            }
+            self.read(&mut buf);
+            self.session.on_tick(self.ctx.clock.now());
+            self.write();
+            if !self.report() || self.session.is_done() {
+                break;
+            }
+            let timeout = self
+                .session
+                .next_deadline()
+                .map(|d| d.saturating_sub(self.ctx.clock.now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.session.on_io_error(format!("poll failed: {e}"));
+                }
+            }
+        }
+        self.report();
+        debug!("Worker for {} ({:#x}) finished", self.remote, self.conn);
+        self.ctx.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Reads until the socket would block (the poll is edge-triggered).
+    fn read(&mut self, buf: &mut [u8]) {
+        while !self.eof && !self.session.is_done() {
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.session.on_eof(self.ctx.clock.now());
+                }
+                Ok(n) => self.session.on_data(&buf[..n], self.ctx.clock.now()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.session.on_io_error(e.to_string()),
+            }
+        }
+    }
+
+    /// Writes what the session queued, then our FIN once it asks for it.
+    fn write(&mut self) {
+        while !self.session.pending_output().is_empty() && !self.session.is_done() {
+            match self.stream.write(self.session.pending_output()) {
+                Ok(n) => self.session.consume_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.session.on_io_error(e.to_string()),
+            }
+        }
+        if self.session.wants_fin() {
+            if let Err(e) = self.stream.shutdown(Shutdown::Write) {
+                debug!("shutdown(Write) to {} failed: {e}", self.remote);
+            }
+            self.session.fin_sent();
+        }
+    }
+
+    /// Passes the session's events on to the registry. False once the registry is gone.
+    fn report(&mut self) -> bool {
+        while let Some(event) = self.session.poll_event() {
+            let input = match event {
+                SessionEvent::Handshaken(hello) => Input::Handshaken {
+                    conn: self.conn,
+                    hello,
+                },
+                SessionEvent::Heard { rtt } => Input::Heard {
+                    conn: self.conn,
+                    rtt,
+                },
+                SessionEvent::Closed(reason) => Input::Closed {
+                    conn: self.conn,
+                    reason,
+                },
+                SessionEvent::Rejected { reason, detail } => {
+                    warn!("Rejected bad input from {}: {detail} ({reason})", self.remote);
+                    continue;
+                }
+            };
+            if self.ctx.registry.send(Msg::Input(input)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
