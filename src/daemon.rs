@@ -136,7 +136,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         "timed {} starting on {} ({}), P2P listening on {listen_addr}, address {}, {}",
         crate::VERSION,
         config.network.name(),
-        if local.masternode { "masternode" } else { "not a masternode" },
+        if local.masternode {
+            "masternode"
+        } else {
+            "not a masternode"
+        },
         local_addr.map_or("unknown".to_string(), |a| a.to_string()),
         match config.rpclisten {
             Some(a) => format!("status on http://{a}"),
@@ -151,7 +155,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         let tx = inbox_tx.clone();
         let ask: status::Ask = Box::new(move |query| {
             let (reply_tx, reply_rx) = bounded(1);
-            tx.send_timeout(Msg::Query(query, reply_tx), QUERY_TIMEOUT).ok()?;
+            tx.send_timeout(Msg::Query(query, reply_tx), QUERY_TIMEOUT)
+                .ok()?;
             reply_rx.recv_timeout(QUERY_TIMEOUT).ok()
         });
         status::spawn(listener, ask)
@@ -174,7 +179,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         fallbackgrace: config.fallbackgrace,
         seed: random_u64(),
     };
-    let registry = Registry::new(settings, config.masternodes.clone(), config.addnodes.clone());
+    let registry = Registry::new(
+        settings,
+        config.masternodes.clone(),
+        config.addnodes.clone(),
+    );
     let mut thread = RegistryThread {
         registry,
         clock,
@@ -283,9 +292,13 @@ impl RegistryThread {
                 }
                 Some(Msg::Query(query, reply)) => {
                     let answer = match query {
-                        Query::ConsensusInfo => Answer::ConsensusInfo(self.registry.consensus_info(now)),
+                        Query::ConsensusInfo => {
+                            Answer::ConsensusInfo(self.registry.consensus_info(now))
+                        }
                         Query::Peers => Answer::Peers(self.registry.peers(now)),
-                        Query::Masternodes => Answer::Masternodes(self.registry.masternode_status(now)),
+                        Query::Masternodes => {
+                            Answer::Masternodes(self.registry.masternode_status(now))
+                        }
                     };
                     let _ = reply.try_send(answer);
                     continue;
@@ -308,10 +321,16 @@ impl RegistryThread {
         for output in outputs {
             match output {
                 Output::Dial { conn, addr } => {
-                    wake_reactor |= self.reactor.try_send(ReactorCommand::Dial { conn, addr }).is_ok();
+                    wake_reactor |= self
+                        .reactor
+                        .try_send(ReactorCommand::Dial { conn, addr })
+                        .is_ok();
                 }
                 Output::Admit { conn } => {
-                    wake_reactor |= self.reactor.try_send(ReactorCommand::Admit { conn }).is_ok();
+                    wake_reactor |= self
+                        .reactor
+                        .try_send(ReactorCommand::Admit { conn })
+                        .is_ok();
                 }
                 Output::Refuse { conn, reason } => {
                     wake_reactor |= self
@@ -327,7 +346,10 @@ impl RegistryThread {
                     Some(worker) => worker.send(Command::Close(reason)),
                     None => {
                         self.orphan_closes.insert(conn, reason);
-                        wake_reactor |= self.reactor.try_send(ReactorCommand::Abandon { conn }).is_ok();
+                        wake_reactor |= self
+                            .reactor
+                            .try_send(ReactorCommand::Abandon { conn })
+                            .is_ok();
                     }
                 },
                 Output::Stopped => *stopped = true,

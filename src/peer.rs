@@ -71,7 +71,12 @@ pub struct WorkerContext {
 
 /// Starts a worker for `conn`. The registry learns its handle (`Msg::Attach`) before the
 /// thread runs, so the handle is known before any of the worker's events arrive.
-pub fn spawn(conn: ConnId, mut stream: TcpStream, session: Session, ctx: &WorkerContext) -> io::Result<()> {
+pub fn spawn(
+    conn: ConnId,
+    mut stream: TcpStream,
+    session: Session,
+    ctx: &WorkerContext,
+) -> io::Result<()> {
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
@@ -208,7 +213,10 @@ impl Worker {
                     reason,
                 },
                 SessionEvent::Rejected { reason, detail } => {
-                    warn!("Rejected bad input from {}: {detail} ({reason})", self.remote);
+                    warn!(
+                        "Rejected bad input from {}: {detail} ({reason})",
+                        self.remote
+                    );
                     continue;
                 }
             };

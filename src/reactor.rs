@@ -71,7 +71,10 @@ enum Slot {
         deadline: Duration,
     },
     /// A refused connection: our `Disconnect` and FIN are sent, waiting for the peer's FIN.
-    Closing { stream: TcpStream, deadline: Duration },
+    Closing {
+        stream: TcpStream,
+        deadline: Duration,
+    },
 }
 
 /// The reactor. Built (and its listener bound) on the main thread so a bind failure is a
@@ -219,7 +222,8 @@ impl Reactor {
                 Ok(ReactorCommand::Dial { conn, addr }) => self.dial(conn, addr),
                 Ok(ReactorCommand::Admit { conn }) => {
                     if let Some((stream, remote)) = self.pending.remove(&conn) {
-                        let session = Session::inbound(self.local.clone(), remote, self.ctx.clock.now());
+                        let session =
+                            Session::inbound(self.local.clone(), remote, self.ctx.clock.now());
                         self.start_worker(conn, stream, session);
                     }
                 }
@@ -312,8 +316,12 @@ impl Reactor {
                             unreachable!()
                         };
                         let _ = self.poll.registry().deregister(&mut stream);
-                        let _ = self.ctx.registry.send(Msg::Input(Input::Connected { conn }));
-                        let session = Session::outbound(self.local.clone(), addr, conn, self.ctx.clock.now());
+                        let _ = self
+                            .ctx
+                            .registry
+                            .send(Msg::Input(Input::Connected { conn }));
+                        let session =
+                            Session::outbound(self.local.clone(), addr, conn, self.ctx.clock.now());
                         self.start_worker(conn, stream, session);
                     }
                     Err(e) => {

@@ -227,7 +227,11 @@ pub struct Registry {
 impl Registry {
     /// A registry for a node that started at time zero and wants `masternodes` and `addnodes`
     /// connected.
-    pub fn new(settings: Settings, masternodes: Vec<SocketAddr>, addnodes: Vec<SocketAddr>) -> Registry {
+    pub fn new(
+        settings: Settings,
+        masternodes: Vec<SocketAddr>,
+        addnodes: Vec<SocketAddr>,
+    ) -> Registry {
         let rng = settings.seed | 1;
         let mut r = Registry {
             settings,
@@ -310,7 +314,12 @@ impl Registry {
         self.we_are_masternode
     }
 
-    fn set_peers(&mut self, masternodes: Vec<SocketAddr>, addnodes: Vec<SocketAddr>, now: Duration) {
+    fn set_peers(
+        &mut self,
+        masternodes: Vec<SocketAddr>,
+        addnodes: Vec<SocketAddr>,
+        now: Duration,
+    ) {
         let local = self.settings.local;
         let mut masternodes: Vec<SocketAddr> = masternodes.into_iter().map(canonical).collect();
         masternodes.sort_by_key(|a| rules::order_key(*a));
@@ -376,15 +385,18 @@ impl Registry {
         match t.role {
             // The designated dialer also dials over a wrong-direction link (one a fallback
             // made): the duplicate rule then restores the designated direction.
-            Role::Designated => !self.conns.values().any(|c| {
-                c.live() && c.peer == Some(addr) && c.direction == Direction::Outbound
-            }),
+            Role::Designated => !self
+                .conns
+                .values()
+                .any(|c| c.live() && c.peer == Some(addr) && c.direction == Direction::Outbound),
             Role::Dial | Role::AwaitInbound => !self.has_live_conn(addr),
         }
     }
 
     fn has_live_conn(&self, peer: SocketAddr) -> bool {
-        self.conns.values().any(|c| c.live() && c.peer == Some(peer))
+        self.conns
+            .values()
+            .any(|c| c.live() && c.peer == Some(peer))
     }
 
     fn plan_dials(&mut self, now: Duration) {
@@ -403,7 +415,9 @@ impl Registry {
             if t.role == Role::AwaitInbound && !rules::fallback_due(t.waiting_since, now, grace) {
                 if !t.skip_logged {
                     t.skip_logged = true;
-                    debug!("Skipping outbound to {addr} (they should connect to us: {local} > {addr})");
+                    debug!(
+                        "Skipping outbound to {addr} (they should connect to us: {local} > {addr})"
+                    );
                 }
                 continue;
             }
@@ -437,9 +451,15 @@ impl Registry {
             let from_ip = self
                 .conns
                 .values()
-                .filter(|c| c.live() && c.direction == Direction::Inbound && c.remote.ip() == remote.ip())
+                .filter(|c| {
+                    c.live() && c.direction == Direction::Inbound && c.remote.ip() == remote.ip()
+                })
                 .count();
-            let listed_on_ip = self.masternodes.iter().filter(|m| m.ip() == remote.ip()).count();
+            let listed_on_ip = self
+                .masternodes
+                .iter()
+                .filter(|m| m.ip() == remote.ip())
+                .count();
             let live = self.conns.values().filter(|c| c.live()).count();
             let full = from_ip >= self.settings.maxinboundperip + listed_on_ip
                 || live >= self.settings.maxpeers + HANDSHAKE_SLACK;
@@ -505,10 +525,15 @@ impl Registry {
         let existing = self
             .conns
             .iter()
-            .find(|(id, c)| **id != conn && c.state == ConnState::Established && c.peer == Some(peer))
+            .find(|(id, c)| {
+                **id != conn && c.state == ConnState::Established && c.peer == Some(peer)
+            })
             .map(|(id, c)| (*id, c.clone()));
         if let Some((old_id, old)) = existing {
-            let old_hello = old.hello.as_ref().expect("established connections have a hello");
+            let old_hello = old
+                .hello
+                .as_ref()
+                .expect("established connections have a hello");
             let replace = if old_hello.boot_id != hello.boot_id {
                 // A new boot id: the peer restarted and the old link is stale, unless this is
                 // the late handshake of the very process that was already replaced.
@@ -572,7 +597,10 @@ impl Registry {
 
     fn listed_others(&self) -> usize {
         let local = self.settings.local;
-        self.masternodes.iter().filter(|m| Some(**m) != local).count()
+        self.masternodes
+            .iter()
+            .filter(|m| Some(**m) != local)
+            .count()
     }
 
     fn on_closed(&mut self, conn: ConnId, reason: CloseReason, now: Duration) {
@@ -580,7 +608,10 @@ impl Registry {
             return;
         };
         let Some(peer) = c.peer else {
-            debug!("Connection from {} closed before its handshake: {reason}", c.remote);
+            debug!(
+                "Connection from {} closed before its handshake: {reason}",
+                c.remote
+            );
             return;
         };
         if c.was_established && reason.reason() != Some(Reason::Duplicate) {
@@ -643,7 +674,12 @@ impl Registry {
             return;
         }
         self.stopping = true;
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.live()).map(|(id, _)| *id).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.live())
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             if self.conns[&id].state == ConnState::Dialing {
                 // Nothing was said on it yet: just abandon it.
@@ -684,7 +720,10 @@ impl Registry {
             .values()
             .filter(|c| c.state == ConnState::Established)
             .collect();
-        let inbound = established.iter().filter(|c| c.direction == Direction::Inbound).count();
+        let inbound = established
+            .iter()
+            .filter(|c| c.direction == Direction::Inbound)
+            .count();
         let active_listed = self
             .masternodes
             .iter()
@@ -734,7 +773,11 @@ impl Registry {
             .iter()
             .filter(|(_, t)| t.masternode)
             .map(|(addr, t)| {
-                let conns: Vec<&Conn> = self.conns.values().filter(|c| c.live() && c.peer == Some(*addr)).collect();
+                let conns: Vec<&Conn> = self
+                    .conns
+                    .values()
+                    .filter(|c| c.live() && c.peer == Some(*addr))
+                    .collect();
                 let established = conns.iter().find(|c| c.state == ConnState::Established);
                 let state = if established.is_some() {
                     "established"
@@ -754,7 +797,10 @@ impl Registry {
                 let next_dial = if established.is_some() || !conns.is_empty() {
                     None
                 } else if t.role == Role::AwaitInbound {
-                    Some(t.next_dial.max(t.waiting_since.saturating_add(self.settings.fallbackgrace)))
+                    Some(
+                        t.next_dial
+                            .max(t.waiting_since.saturating_add(self.settings.fallbackgrace)),
+                    )
                 } else {
                     Some(t.next_dial)
                 };
@@ -787,3 +833,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Dial => "not a masternode pair",
     }
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

@@ -105,7 +105,11 @@ pub fn backoff(failures: u32, min: Duration, max: Duration, jitter: u64) -> Dura
     let factor = 1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX);
     let base = min.saturating_mul(factor).min(max).max(min.min(max));
     let quarter = base.as_nanos() as u64 / 4;
-    let off = if quarter == 0 { 0 } else { jitter % (quarter + 1) };
+    let off = if quarter == 0 {
+        0
+    } else {
+        jitter % (quarter + 1)
+    };
     base - Duration::from_nanos(off)
 }
 
@@ -124,7 +128,12 @@ pub enum Role {
 
 /// The role toward `peer`. `local` is this node's address when known; a node whose address is
 /// unknown cannot be a masternode, so it always takes [`Role::Dial`].
-pub fn role(local: Option<SocketAddr>, we_are_masternode: bool, peer: SocketAddr, peer_is_masternode: bool) -> Role {
+pub fn role(
+    local: Option<SocketAddr>,
+    we_are_masternode: bool,
+    peer: SocketAddr,
+    peer_is_masternode: bool,
+) -> Role {
     match local {
         Some(local) if we_are_masternode && peer_is_masternode => {
             if should_dial(local, peer) {
@@ -141,4 +150,194 @@ pub fn role(local: Option<SocketAddr>, we_are_masternode: bool, peer: SocketAddr
 /// once `grace` has passed since it began waiting (startup, or the last link's loss).
 pub fn fallback_due(waiting_since: Duration, now: Duration, grace: Duration) -> bool {
     now >= waiting_since.saturating_add(grace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn direction_is_numeric_not_lexicographic() {
+        // As strings "127.0.0.10" < "127.0.0.9"; numerically it is the other way round.
+        assert!(should_dial(a("127.0.0.9:24100"), a("127.0.0.10:24100")));
+        assert!(!should_dial(a("127.0.0.10:24100"), a("127.0.0.9:24100")));
+        assert!(should_dial(a("10.0.0.2:1"), a("10.0.0.10:1")));
+        assert!(should_dial(a("9.255.255.255:1"), a("10.0.0.0:1")));
+    }
+
+    #[test]
+    fn one_ip_several_ports_orders_by_port_numerically() {
+        assert!(should_dial(a("127.0.0.1:24100"), a("127.0.0.1:24101")));
+        assert!(!should_dial(a("127.0.0.1:24101"), a("127.0.0.1:24100")));
+        assert!(should_dial(a("127.0.0.1:9"), a("127.0.0.1:10")));
+        // The IP decides before the port.
+        assert!(should_dial(a("127.0.0.1:60000"), a("127.0.0.2:1")));
+    }
+
+    #[test]
+    fn ipv6_orders_numerically_and_after_ipv4() {
+        assert!(should_dial(a("[::1]:24100"), a("[::2]:24100")));
+        assert!(should_dial(a("[2001:db8::9]:1"), a("[2001:db8::10]:1")));
+        assert!(should_dial(a("[2001:db8::ff]:1"), a("[2001:db8::100]:1")));
+        assert!(should_dial(a("[::1]:24100"), a("[::1]:24101")));
+        assert!(should_dial(a("255.255.255.255:1"), a("[::1]:1")));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_the_ipv4_address() {
+        assert_eq!(canonical(a("[::ffff:10.0.0.1]:24100")), a("10.0.0.1:24100"));
+        assert_eq!(canonical(a("[::1]:24100")), a("[::1]:24100"));
+        // A dual-stack listener's view must order exactly like the IPv4 view.
+        assert!(should_dial(
+            a("[::ffff:127.0.0.9]:24100"),
+            a("127.0.0.10:24100")
+        ));
+        assert!(!should_dial(
+            a("127.0.0.10:24100"),
+            a("[::ffff:127.0.0.9]:24100")
+        ));
+        assert!(!should_dial(a("[::ffff:10.0.0.1]:1"), a("10.0.0.1:1")));
+    }
+
+    #[test]
+    fn nobody_dials_itself() {
+        assert!(!should_dial(a("127.0.0.2:24100"), a("127.0.0.2:24100")));
+        assert!(!should_dial(
+            a("[::ffff:127.0.0.2]:24100"),
+            a("127.0.0.2:24100")
+        ));
+    }
+
+    fn views(x: SocketAddr, y: SocketAddr, cx: u64, cy: u64) -> [(Contender, Contender); 2] {
+        // The connection x dialed and the one y dialed, as contenders.
+        let by_x = Contender { dialer: x, seq: cx };
+        let by_y = Contender { dialer: y, seq: cy };
+        [(by_x, by_y), (by_y, by_x)]
+    }
+
+    #[test]
+    fn duplicate_lower_dialer_wins_seen_from_both_ends_of_both_connections() {
+        let (x, y) = (a("127.0.0.9:24100"), a("127.0.0.10:24100"));
+        // Each end sees both connections; whichever completed first is "existing". The
+        // contenders carry only what both ends know, so x's and y's views are the same
+        // pairs, in either arrival order.
+        for (existing, new) in views(x, y, 7, 3) {
+            let winner = match resolve_duplicate(&existing, &new) {
+                Survivor::Existing => existing,
+                Survivor::New => new,
+            };
+            assert_eq!(
+                winner.dialer, x,
+                "the connection dialed by the lower address survives"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_same_dialer_newer_wins() {
+        let x = a("127.0.0.2:24100");
+        let old = Contender { dialer: x, seq: 4 };
+        let new = Contender { dialer: x, seq: 5 };
+        assert_eq!(resolve_duplicate(&old, &new), Survivor::New);
+        assert_eq!(resolve_duplicate(&new, &old), Survivor::Existing);
+        assert_eq!(resolve_duplicate(&new, &new), Survivor::Existing);
+    }
+
+    #[test]
+    fn duplicate_rule_uses_canonical_addresses() {
+        let mapped = Contender {
+            dialer: a("[::ffff:127.0.0.9]:1"),
+            seq: 1,
+        };
+        let plain = Contender {
+            dialer: a("127.0.0.10:1"),
+            seq: 9,
+        };
+        assert_eq!(resolve_duplicate(&plain, &mapped), Survivor::New);
+    }
+
+    #[test]
+    fn backoff_doubles_then_stays_at_max() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let no_jitter: Vec<u64> = (0..10).map(|f| backoff(f, min, max, 0).as_secs()).collect();
+        assert_eq!(no_jitter, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX, min, max, 0), max);
+        assert_eq!(backoff(1000, min, max, 0), max);
+    }
+
+    #[test]
+    fn roles() {
+        let (lo, hi) = (a("127.0.0.9:1"), a("127.0.0.10:1"));
+        assert_eq!(role(Some(lo), true, hi, true), Role::Designated);
+        assert_eq!(role(Some(hi), true, lo, true), Role::AwaitInbound);
+        // Not a masternode pair: no direction rule.
+        assert_eq!(role(Some(hi), false, lo, true), Role::Dial);
+        assert_eq!(role(Some(hi), true, lo, false), Role::Dial);
+        assert_eq!(role(None, false, lo, true), Role::Dial);
+    }
+
+    #[test]
+    fn fallback_after_grace() {
+        let s = Duration::from_secs;
+        assert!(!fallback_due(s(10), s(69), s(60)));
+        assert!(fallback_due(s(10), s(70), s(60)));
+        assert!(fallback_due(s(10), s(10), s(0)));
+        assert!(!fallback_due(s(0), s(1), Duration::MAX));
+    }
+
+    fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| {
+                SocketAddr::new(IpAddr::V6(std::net::Ipv4Addr::from(ip).to_ipv6_mapped()), p)
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn exactly_one_side_dials(x in any_addr(), y in any_addr()) {
+            if canonical(x) != canonical(y) {
+                prop_assert!(should_dial(x, y) ^ should_dial(y, x));
+            } else {
+                prop_assert!(!should_dial(x, y) && !should_dial(y, x));
+            }
+        }
+
+        #[test]
+        fn both_ends_agree_on_the_survivor(
+            x in any_addr(), y in any_addr(), cx in any::<u64>(), cy in any::<u64>(),
+        ) {
+            prop_assume!(canonical(x) != canonical(y));
+            let lower = if should_dial(x, y) { x } else { y };
+            for (existing, new) in views(x, y, cx, cy) {
+                let winner = match resolve_duplicate(&existing, &new) {
+                    Survivor::Existing => existing,
+                    Survivor::New => new,
+                };
+                prop_assert_eq!(winner.dialer, lower);
+            }
+        }
+
+        #[test]
+        fn backoff_stays_within_bounds(
+            failures in 0u32..200, min_ms in 1u64..10_000, extra_ms in 0u64..600_000, jitter in any::<u64>(),
+        ) {
+            let min = Duration::from_millis(min_ms);
+            let max = Duration::from_millis(min_ms + extra_ms);
+            let d = backoff(failures, min, max, jitter);
+            prop_assert!(d <= max);
+            prop_assert!(d >= min * 3 / 4);
+            let base = backoff(failures, min, max, 0);
+            prop_assert!(d >= base * 3 / 4 && d <= base);
+            // Monotone in the failure count (ignoring jitter).
+            prop_assert!(backoff(failures + 1, min, max, 0) >= base);
+        }
+    }
 }

@@ -179,7 +179,13 @@ impl Session {
         Session::new(local, Direction::Inbound, canonical_ip(remote.ip()), 0, now)
     }
 
-    fn new(local: LocalInfo, direction: Direction, remote_ip: IpAddr, seq: u64, now: Duration) -> Session {
+    fn new(
+        local: LocalInfo,
+        direction: Direction,
+        remote_ip: IpAddr,
+        seq: u64,
+        now: Duration,
+    ) -> Session {
         Session {
             decoder: FrameDecoder::new(local.network),
             local,
@@ -239,7 +245,13 @@ impl Session {
     /// Whether the driver should now shut down the socket's write side (send our FIN):
     /// closing, and everything queued before the FIN has been written.
     pub fn wants_fin(&self) -> bool {
-        matches!(self.state, State::Closing { fin_sent: false, .. }) && self.out.is_empty()
+        matches!(
+            self.state,
+            State::Closing {
+                fin_sent: false,
+                ..
+            }
+        ) && self.out.is_empty()
     }
 
     /// The driver has shut down the write side.
@@ -298,7 +310,9 @@ impl Session {
     /// The peer shut down its write side (read returned 0).
     pub fn on_eof(&mut self, now: Duration) {
         match &mut self.state {
-            State::Closing { peer_eof, fin_sent, .. } => {
+            State::Closing {
+                peer_eof, fin_sent, ..
+            } => {
                 *peer_eof = true;
                 if *fin_sent {
                     self.state = State::Done;
@@ -322,7 +336,8 @@ impl Session {
     /// The socket failed; nothing more can be sent or received.
     pub fn on_io_error(&mut self, error: String) {
         if !self.is_closing() {
-            self.events.push_back(SessionEvent::Closed(CloseReason::Io(error)));
+            self.events
+                .push_back(SessionEvent::Closed(CloseReason::Io(error)));
         }
         self.out.clear();
         self.state = State::Done;
@@ -394,7 +409,8 @@ impl Session {
         if self.is_closing() {
             return;
         }
-        self.events.push_back(SessionEvent::Rejected { reason, detail });
+        self.events
+            .push_back(SessionEvent::Rejected { reason, detail });
         self.close_with(reason, now);
     }
 
@@ -413,7 +429,8 @@ impl Session {
             self.on_io_error("send queue full: peer does not read".into());
             return;
         }
-        self.out.extend_from_slice(&wire::encode(self.local.network, msg));
+        self.out
+            .extend_from_slice(&wire::encode(self.local.network, msg));
     }
 
     fn send_ping(&mut self, now: Duration) {
@@ -543,3 +560,7 @@ fn state_name(state: &State) -> &'static str {
         State::Done => "done",
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -340,9 +340,8 @@ impl FrameDecoder {
         magic[..n].copy_from_slice(&self.buf[..n]);
         let other_network = [Network::Mainnet, Network::Testnet]
             .into_iter()
-            .filter(|n| *n != self.network)
-            .any(|n| n.magic()[..self.buf.len().min(4)] == self.buf[..self.buf.len().min(4)]);
-        if other_network && self.buf.len() >= 4 {
+            .any(|net| net != self.network && net.magic() == magic);
+        if other_network {
             WireError::WrongNetwork
         } else {
             WireError::BadMagic(magic)
@@ -371,4 +370,253 @@ fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
         }
     }
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn sample_hello() -> Hello {
+        Hello {
+            network: Network::Testnet,
+            version: 1,
+            min_version: 1,
+            addr: "127.0.0.2:24100".parse().unwrap(),
+            boot_id: 0x0123_4567_89ab_cdef,
+            seq: 1,
+            masternode: true,
+            agent: "timed/0.1.0".into(),
+        }
+    }
+
+    fn decode_all(network: Network, mut bytes: &[u8]) -> Result<Vec<Message>, WireError> {
+        let mut d = FrameDecoder::new(network);
+        let mut out = Vec::new();
+        while let Some(m) = d.decode(&mut bytes)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// The bytes PROTOCOL.md shows; if this test changes, so must the document.
+    #[test]
+    fn documented_bytes() {
+        assert_eq!(
+            hex(&encode(Network::Testnet, &Message::Ack)),
+            "74 6d 64 7e 01 00 00 00 01"
+        );
+        assert_eq!(
+            hex(&encode(Network::Testnet, &Message::Ping(1000))),
+            "74 6d 64 7e 04 00 00 00 02 fb e8 03"
+        );
+        assert_eq!(
+            hex(&encode(Network::Mainnet, &Message::Pong(7))),
+            "74 6d 64 d1 02 00 00 00 03 07"
+        );
+        assert_eq!(
+            hex(&encode(
+                Network::Testnet,
+                &Message::Disconnect(Reason::Duplicate)
+            )),
+            "74 6d 64 7e 02 00 00 00 04 01"
+        );
+        assert_eq!(
+            hex(&encode(Network::Testnet, &Message::Hello(sample_hello()))),
+            "74 6d 64 7e 23 00 00 00 00 01 01 01 00 7f 00 00 02 fb 24 5e \
+             fd ef cd ab 89 67 45 23 01 01 01 0b 74 69 6d 65 64 2f 30 2e 31 2e 30"
+        );
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let mut v6 = sample_hello();
+        v6.addr = "[2001:db8::1]:24000".parse().unwrap();
+        v6.network = Network::Mainnet;
+        let msgs = [
+            Message::Hello(sample_hello()),
+            Message::Hello(v6),
+            Message::Ack,
+            Message::Ping(u64::MAX),
+            Message::Pong(0),
+            Message::Disconnect(Reason::Shutdown),
+            Message::Disconnect(Reason::Unknown(200)),
+        ];
+        for m in msgs {
+            for net in [Network::Mainnet, Network::Testnet] {
+                assert_eq!(decode_all(net, &encode(net, &m)).unwrap(), vec![m.clone()]);
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_have_stable_codes_and_names() {
+        for code in 0..=255u8 {
+            assert_eq!(Reason::from_code(code).code(), code);
+        }
+        let names: Vec<&str> = (1..=10).map(|c| Reason::from_code(c).name()).collect();
+        assert_eq!(
+            names,
+            [
+                "duplicate",
+                "self",
+                "wrong_network",
+                "incompatible_version",
+                "address_mismatch",
+                "too_many_peers",
+                "shutdown",
+                "timeout",
+                "protocol_violation",
+                "unlisted"
+            ]
+        );
+        assert_eq!(Reason::from_code(99).to_string(), "unknown(99)");
+    }
+
+    #[test]
+    fn one_byte_at_a_time_decodes() {
+        let mut stream = encode(Network::Testnet, &Message::Hello(sample_hello()));
+        stream.extend(encode(Network::Testnet, &Message::Ack));
+        let mut d = FrameDecoder::new(Network::Testnet);
+        let mut got = Vec::new();
+        for b in &stream {
+            let mut one: &[u8] = std::slice::from_ref(b);
+            if let Some(m) = d.decode(&mut one).unwrap() {
+                got.push(m);
+            }
+            assert!(one.is_empty());
+        }
+        assert_eq!(got, vec![Message::Hello(sample_hello()), Message::Ack]);
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_from_the_header_alone() {
+        let mut header = Network::Testnet.magic().to_vec();
+        header.extend(((MAX_FRAME + 1) as u32).to_le_bytes());
+        let mut d = FrameDecoder::new(Network::Testnet);
+        let mut input = header.as_slice();
+        assert_eq!(
+            d.decode(&mut input),
+            Err(WireError::TooLarge(MAX_FRAME as u32 + 1))
+        );
+        assert!(d.buffered() <= HEADER_LEN);
+
+        let mut header = Network::Testnet.magic().to_vec();
+        header.extend(u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_all(Network::Testnet, &header),
+            Err(WireError::TooLarge(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_maximum_is_read_then_judged_by_its_content() {
+        let mut frame = Network::Testnet.magic().to_vec();
+        frame.extend((MAX_FRAME as u32).to_le_bytes());
+        frame.extend(std::iter::repeat(0xff).take(MAX_FRAME));
+        let mut d = FrameDecoder::new(Network::Testnet);
+        let mut input = frame.as_slice();
+        match d.decode(&mut input) {
+            Err(WireError::Undecodable(_)) => {}
+            other => panic!("expected an undecodable payload, got {other:?}"),
+        }
+        assert_eq!(d.buffered(), 0, "the frame is dropped after judging");
+    }
+
+    #[test]
+    fn magic_errors() {
+        assert_eq!(
+            decode_all(Network::Testnet, &encode(Network::Mainnet, &Message::Ack)),
+            Err(WireError::WrongNetwork)
+        );
+        // Garbage is caught within its first header's worth of bytes.
+        let mut d = FrameDecoder::new(Network::Testnet);
+        let mut input: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert_eq!(d.decode(&mut input), Err(WireError::BadMagic(*b"GET ")));
+        assert!(d.buffered() <= HEADER_LEN);
+        // Even one byte at a time: the first wrong byte ends it.
+        let mut d = FrameDecoder::new(Network::Testnet);
+        let mut input: &[u8] = b"t";
+        assert_eq!(d.decode(&mut input), Ok(None));
+        let mut input: &[u8] = b"x";
+        assert!(matches!(d.decode(&mut input), Err(WireError::BadMagic(_))));
+    }
+
+    #[test]
+    fn payload_must_be_exactly_one_message() {
+        let mut frame = encode(Network::Testnet, &Message::Pong(7));
+        frame[4] += 1; // claim one more byte
+        frame.push(0);
+        assert!(matches!(
+            decode_all(Network::Testnet, &frame),
+            Err(WireError::Undecodable(_))
+        ));
+        // Unknown message type.
+        let mut frame = Network::Testnet.magic().to_vec();
+        frame.extend(1u32.to_le_bytes());
+        frame.push(42);
+        assert!(matches!(
+            decode_all(Network::Testnet, &frame),
+            Err(WireError::Undecodable(_))
+        ));
+        // An empty payload.
+        let mut frame = Network::Testnet.magic().to_vec();
+        frame.extend(0u32.to_le_bytes());
+        assert!(matches!(
+            decode_all(Network::Testnet, &frame),
+            Err(WireError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn long_agent_is_rejected() {
+        let mut h = sample_hello();
+        h.agent = "x".repeat(MAX_AGENT_LEN + 1);
+        let frame = encode(Network::Testnet, &Message::Hello(h));
+        assert!(matches!(
+            decode_all(Network::Testnet, &frame),
+            Err(WireError::Undecodable(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_overbuffer(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..32)) {
+            let mut d = FrameDecoder::new(Network::Testnet);
+            'outer: for chunk in &chunks {
+                let mut input = chunk.as_slice();
+                while !input.is_empty() {
+                    match d.decode(&mut input) {
+                        Ok(_) => {}
+                        Err(_) => break 'outer,
+                    }
+                    prop_assert!(d.buffered() <= HEADER_LEN + MAX_FRAME);
+                }
+            }
+        }
+
+        #[test]
+        fn valid_frames_survive_any_split(ping in any::<u64>(), cut in 0usize..40) {
+            let mut stream = encode(Network::Testnet, &Message::Ping(ping));
+            stream.extend(encode(Network::Testnet, &Message::Hello(sample_hello())));
+            let cut = cut.min(stream.len());
+            let mut d = FrameDecoder::new(Network::Testnet);
+            let mut got = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                let mut input = part;
+                while let Some(m) = d.decode(&mut input).unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, vec![Message::Ping(ping), Message::Hello(sample_hello())]);
+        }
+    }
 }
