@@ -177,7 +177,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         reconnectmin: config.reconnectmin,
         reconnectmax: config.reconnectmax,
         fallbackgrace: config.fallbackgrace,
+        boot_id,
         seed: random_u64(),
+        policy: crate::rules::Policy::STANDARD,
     };
     let registry = Registry::new(
         settings,

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod rules;
 pub mod session;
 pub mod signals;
+pub mod sim;
 pub mod status;
 pub mod wire;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::{debug, info};
 
-use crate::rules::{self, canonical, Contender, Direction, Role, Survivor};
+use crate::rules::{self, canonical, Contender, Direction, Policy, Role, Survivor};
 use crate::session::{CloseReason, PeerHello};
 use crate::status::{ConsensusInfo, MasternodeStatus, PeerStatus};
 use crate::wire::{Network, Reason};
@@ -144,8 +144,27 @@ pub struct Settings {
     pub reconnectmax: Duration,
     /// How long to wait for a lower masternode's dial before dialing it ourselves.
     pub fallbackgrace: Duration,
+    /// This process's boot id (the duplicate rule's tie-break when an address is unknown).
+    pub boot_id: u64,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// The rules; always [`Policy::STANDARD`] outside the simulator's tests.
+    pub policy: Policy,
+}
+
+/// A read-only view of one tracked connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnView {
+    /// Its id.
+    pub conn: ConnId,
+    /// The peer's P2P address, once known.
+    pub peer: Option<SocketAddr>,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Accepted and open.
+    pub established: bool,
+    /// Told to close, not yet closed.
+    pub closing: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,14 +198,19 @@ impl Conn {
         self.state != ConnState::Closing
     }
 
-    fn contender(&self, local: SocketAddr) -> Option<Contender> {
+    /// The connection as the duplicate rule sees it. A node that does not know its own
+    /// address appears with an unspecified one at both ends (it said so in its `Hello`), so
+    /// both ends fall back to the same boot-id comparison.
+    fn contender(&self, local: SocketAddr, boot_id: u64) -> Option<Contender> {
         let hello = self.hello.as_ref()?;
-        let dialer = match self.direction {
-            Direction::Outbound => local,
-            Direction::Inbound => hello.addr,
+        let (dialer, dialer_boot) = match self.direction {
+            Direction::Outbound => (local, boot_id),
+            Direction::Inbound if hello.addr_known => (hello.addr, hello.boot_id),
+            Direction::Inbound => (unspecified(), hello.boot_id),
         };
         Some(Contender {
             dialer,
+            dialer_boot,
             seq: hello.seq,
         })
     }
@@ -304,6 +328,20 @@ impl Registry {
             .min()
     }
 
+    /// Every connection the registry tracks, for the simulator's checks and tests.
+    pub fn connections(&self) -> Vec<ConnView> {
+        self.conns
+            .iter()
+            .map(|(id, c)| ConnView {
+                conn: *id,
+                peer: c.peer,
+                direction: c.direction,
+                established: c.state == ConnState::Established,
+                closing: c.state == ConnState::Closing,
+            })
+            .collect()
+    }
+
     /// Whether `conn` is a connection the registry still tracks.
     pub fn knows(&self, conn: ConnId) -> bool {
         self.conns.contains_key(&conn)
@@ -357,7 +395,13 @@ impl Registry {
             }
         }
         for (addr, masternode) in wanted {
-            let role = rules::role(local, self.we_are_masternode, addr, masternode);
+            let role = rules::role_under(
+                self.settings.policy,
+                local,
+                self.we_are_masternode,
+                addr,
+                masternode,
+            );
             let target = self.targets.entry(addr).or_insert(Target {
                 masternode,
                 role,
@@ -463,7 +507,19 @@ impl Registry {
             let live = self.conns.values().filter(|c| c.live()).count();
             let full = from_ip >= self.settings.maxinboundperip + listed_on_ip
                 || live >= self.settings.maxpeers + HANDSHAKE_SLACK;
-            full.then_some(Reason::TooManyPeers)
+            // The broken "first connection wins" policy judges here, before any handshake.
+            let premature = !self.settings.policy.judge_after_handshake
+                && self
+                    .conns
+                    .values()
+                    .any(|c| c.live() && c.peer.map_or(c.remote.ip(), |p| p.ip()) == remote.ip());
+            if full {
+                Some(Reason::TooManyPeers)
+            } else if premature {
+                Some(Reason::Duplicate)
+            } else {
+                None
+            }
         };
         if let Some(reason) = refuse {
             debug!("Refusing connection from {remote}: {reason}");
@@ -516,11 +572,12 @@ impl Registry {
         }
         let peer = hello.addr;
         let local = self.settings.local.unwrap_or_else(unspecified);
+        let boot_id = self.settings.boot_id;
         let new_contender = {
             let c = self.conns.get_mut(&conn).expect("checked above");
             c.peer = Some(peer);
             c.hello = Some(hello.clone());
-            c.contender(local).expect("hello just set")
+            c.contender(local, boot_id).expect("hello just set")
         };
         let existing = self
             .conns
@@ -545,8 +602,9 @@ impl Registry {
                     true
                 }
             } else {
-                let old_contender = old.contender(local).expect("established");
-                rules::resolve_duplicate(&old_contender, &new_contender) == Survivor::New
+                let old_contender = old.contender(local, boot_id).expect("established");
+                (self.settings.policy.resolve_duplicate)(&old_contender, &new_contender)
+                    == Survivor::New
             };
             if replace {
                 debug!("Replacing connection to {peer}");
@@ -555,6 +613,11 @@ impl Registry {
                 debug!("Rejecting duplicate connection from {peer}");
                 return self.close(conn, Reason::Duplicate);
             }
+        } else if !self.settings.policy.loser_waits_for_winner
+            && self.loses_to_pending(conn, peer, &new_contender, local)
+        {
+            // The broken policy: the "winner" has not completed its handshake yet.
+            return self.close(conn, Reason::Duplicate);
         } else if !self.has_room_for(peer, conn) {
             debug!("Rejecting {peer}: too many peers");
             return self.close(conn, Reason::TooManyPeers);
@@ -573,6 +636,32 @@ impl Registry {
             t.skip_logged = false;
         }
         self.outputs.push(Output::Accept { conn });
+    }
+
+    /// Whether `new` loses to one of our own dials to `peer` still in its handshake (only the
+    /// broken policy without `loser_waits_for_winner` asks).
+    fn loses_to_pending(
+        &self,
+        conn: ConnId,
+        peer: SocketAddr,
+        new: &Contender,
+        local: SocketAddr,
+    ) -> bool {
+        self.conns.iter().any(|(id, c)| {
+            *id != conn
+                && c.live()
+                && c.state != ConnState::Established
+                && c.direction == Direction::Outbound
+                && c.peer == Some(peer)
+                && (self.settings.policy.resolve_duplicate)(
+                    &Contender {
+                        dialer: local,
+                        dialer_boot: self.settings.boot_id,
+                        seq: *id,
+                    },
+                    new,
+                ) == Survivor::Existing
+        })
     }
 
     /// Whether a new (not duplicate) peer fits: listed masternodes always do, because
@@ -645,7 +734,9 @@ impl Registry {
         error: Option<String>,
         now: Duration,
     ) {
-        let live = self.has_live_conn(peer);
+        // Another connection may carry the link (then no dial is due), but a designated
+        // dialer over a wrong-direction link still wants its own: its failures back off too.
+        let wanted = self.dial_wanted(peer);
         let jitter = self.next_random();
         let (min, max) = (self.settings.reconnectmin, self.settings.reconnectmax);
         let Some(t) = self.targets.get_mut(&peer) else {
@@ -654,7 +745,7 @@ impl Registry {
         if error.is_some() {
             t.last_error = error;
         }
-        if live {
+        if !wanted {
             return;
         }
         t.next_dial = now + rules::backoff(t.failures, min, max, jitter);

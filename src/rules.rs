@@ -61,8 +61,11 @@ pub fn should_dial(local: SocketAddr, remote: SocketAddr) -> bool {
 /// duplicate rule to give the same answer at both ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Contender {
-    /// The P2P address of the node that dialed this connection.
+    /// The P2P address of the node that dialed this connection; unspecified when that node
+    /// does not know its own address.
     pub dialer: SocketAddr,
+    /// The dialer's boot id.
+    pub dialer_boot: u64,
     /// The dialer's per-boot connection counter for it.
     pub seq: u64,
 }
@@ -81,10 +84,20 @@ pub enum Survivor {
 /// the newer (higher `seq`) survives, because a dialer only redials after giving up the old
 /// one. The answer depends only on what both ends know, never on arrival order, so both ends
 /// pick the same survivor on their own.
+///
+/// A node that does not know its own address (a non-masternode on `0.0.0.0` without
+/// `externalip`) has no address to compare; when either dialer is such a node, the lower boot
+/// id stands in for the lower address, which both ends know as well.
 pub fn resolve_duplicate(existing: &Contender, new: &Contender) -> Survivor {
-    let (e, n) = (order_key(existing.dialer), order_key(new.dialer));
-    if e != n {
-        return if n < e {
+    let known = |c: &Contender| !c.dialer.ip().is_unspecified();
+    let lower_new = if known(existing) && known(new) {
+        let (e, n) = (order_key(existing.dialer), order_key(new.dialer));
+        (e != n).then_some(n < e)
+    } else {
+        (existing.dialer_boot != new.dialer_boot).then_some(new.dialer_boot < existing.dialer_boot)
+    };
+    if let Some(new_is_lower) = lower_new {
+        return if new_is_lower {
             Survivor::New
         } else {
             Survivor::Existing
@@ -134,9 +147,26 @@ pub fn role(
     peer: SocketAddr,
     peer_is_masternode: bool,
 ) -> Role {
+    role_under(
+        Policy::STANDARD,
+        local,
+        we_are_masternode,
+        peer,
+        peer_is_masternode,
+    )
+}
+
+/// [`role`] under another [`Policy`] (the simulator's broken variants).
+pub fn role_under(
+    policy: Policy,
+    local: Option<SocketAddr>,
+    we_are_masternode: bool,
+    peer: SocketAddr,
+    peer_is_masternode: bool,
+) -> Role {
     match local {
         Some(local) if we_are_masternode && peer_is_masternode => {
-            if should_dial(local, peer) {
+            if (policy.should_dial)(local, peer) {
                 Role::Designated
             } else {
                 Role::AwaitInbound
@@ -150,6 +180,33 @@ pub fn role(
 /// once `grace` has passed since it began waiting (startup, or the last link's loss).
 pub fn fallback_due(waiting_since: Duration, now: Duration, grace: Duration) -> bool {
     now >= waiting_since.saturating_add(grace)
+}
+
+/// The rule set a registry applies. Production always uses [`Policy::STANDARD`]; the
+/// simulator's tests plug in deliberately broken variants to prove its checks catch them.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// The direction rule.
+    pub should_dial: fn(SocketAddr, SocketAddr) -> bool,
+    /// The duplicate rule.
+    pub resolve_duplicate: fn(&Contender, &Contender) -> Survivor,
+    /// Let a second connection to a peer run its handshake (true), rather than refuse it at
+    /// accept time because a connection to that IP already exists ("first wins" before the
+    /// handshake: both simultaneous dials refuse each other).
+    pub judge_after_handshake: bool,
+    /// Close a losing connection only once its winner is established (true), rather than as
+    /// soon as it loses to a connection still in its handshake.
+    pub loser_waits_for_winner: bool,
+}
+
+impl Policy {
+    /// The rules of this page, as the daemon runs them.
+    pub const STANDARD: Policy = Policy {
+        should_dial,
+        resolve_duplicate,
+        judge_after_handshake: true,
+        loser_waits_for_winner: true,
+    };
 }
 
 #[cfg(test)]
@@ -215,8 +272,16 @@ mod tests {
 
     fn views(x: SocketAddr, y: SocketAddr, cx: u64, cy: u64) -> [(Contender, Contender); 2] {
         // The connection x dialed and the one y dialed, as contenders.
-        let by_x = Contender { dialer: x, seq: cx };
-        let by_y = Contender { dialer: y, seq: cy };
+        let by_x = Contender {
+            dialer: x,
+            dialer_boot: 1,
+            seq: cx,
+        };
+        let by_y = Contender {
+            dialer: y,
+            dialer_boot: 2,
+            seq: cy,
+        };
         [(by_x, by_y), (by_y, by_x)]
     }
 
@@ -241,8 +306,16 @@ mod tests {
     #[test]
     fn duplicate_same_dialer_newer_wins() {
         let x = a("127.0.0.2:24100");
-        let old = Contender { dialer: x, seq: 4 };
-        let new = Contender { dialer: x, seq: 5 };
+        let old = Contender {
+            dialer: x,
+            dialer_boot: 7,
+            seq: 4,
+        };
+        let new = Contender {
+            dialer: x,
+            dialer_boot: 7,
+            seq: 5,
+        };
         assert_eq!(resolve_duplicate(&old, &new), Survivor::New);
         assert_eq!(resolve_duplicate(&new, &old), Survivor::Existing);
         assert_eq!(resolve_duplicate(&new, &new), Survivor::Existing);
@@ -252,13 +325,40 @@ mod tests {
     fn duplicate_rule_uses_canonical_addresses() {
         let mapped = Contender {
             dialer: a("[::ffff:127.0.0.9]:1"),
+            dialer_boot: 1,
             seq: 1,
         };
         let plain = Contender {
             dialer: a("127.0.0.10:1"),
+            dialer_boot: 2,
             seq: 9,
         };
         assert_eq!(resolve_duplicate(&plain, &mapped), Survivor::New);
+    }
+
+    #[test]
+    fn duplicate_rule_with_unknown_addresses_uses_boot_ids_at_both_ends() {
+        let unknown = a("0.0.0.0:0");
+        // x (boot 5) does not know its address; y (boot 9) does. Both ends see the same pair.
+        let by_x = Contender {
+            dialer: unknown,
+            dialer_boot: 5,
+            seq: 1,
+        };
+        let by_y = Contender {
+            dialer: a("127.0.0.3:24100"),
+            dialer_boot: 9,
+            seq: 1,
+        };
+        assert_eq!(resolve_duplicate(&by_x, &by_y), Survivor::Existing);
+        assert_eq!(resolve_duplicate(&by_y, &by_x), Survivor::New);
+        let by_z = Contender {
+            dialer: unknown,
+            dialer_boot: 3,
+            seq: 1,
+        };
+        assert_eq!(resolve_duplicate(&by_x, &by_z), Survivor::New);
+        assert_eq!(resolve_duplicate(&by_z, &by_x), Survivor::Existing);
     }
 
     #[test]

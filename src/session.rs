@@ -51,6 +51,9 @@ pub struct LocalInfo {
 pub struct PeerHello {
     /// The peer's P2P address (canonical).
     pub addr: SocketAddr,
+    /// Whether the peer knows its own address (claimed a specified IP); if not, `addr` is
+    /// its source IP with the claimed port.
+    pub addr_known: bool,
     /// The peer's boot id.
     pub boot_id: u64,
     /// The dialer's connection counter for this connection.
@@ -541,6 +544,7 @@ impl Session {
         self.send(&Message::Ack);
         self.state = State::AwaitAck(PeerHello {
             addr,
+            addr_known: !claimed.ip().is_unspecified(),
             boot_id: hello.boot_id,
             seq: hello.seq,
             masternode: hello.masternode,
