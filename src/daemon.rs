@@ -301,6 +301,7 @@ impl RegistryThread {
                         Query::Masternodes => {
                             Answer::Masternodes(self.registry.masternode_status(now))
                         }
+                        Query::Metrics => Answer::Metrics(self.registry.metrics_text(now)),
                     };
                     let _ = reply.try_send(answer);
                     continue;

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod peer;
 pub mod reactor;
 pub mod registry;

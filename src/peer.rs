@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::daemon::{Clock, Msg};
+use crate::metrics::{BYTES_IN, BYTES_OUT};
 use crate::registry::{ConnId, Input};
 use crate::session::{Session, SessionEvent};
 use crate::wire::Reason;
@@ -170,7 +171,10 @@ impl Worker {
                     self.eof = true;
                     self.session.on_eof(self.ctx.clock.now());
                 }
-                Ok(n) => self.session.on_data(&buf[..n], self.ctx.clock.now()),
+                Ok(n) => {
+                    BYTES_IN.fetch_add(n as u64, Ordering::Relaxed);
+                    self.session.on_data(&buf[..n], self.ctx.clock.now());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.session.on_io_error(e.to_string()),
@@ -182,7 +186,10 @@ impl Worker {
     fn write(&mut self) {
         while !self.session.pending_output().is_empty() && !self.session.is_done() {
             match self.stream.write(self.session.pending_output()) {
-                Ok(n) => self.session.consume_output(n),
+                Ok(n) => {
+                    BYTES_OUT.fetch_add(n as u64, Ordering::Relaxed);
+                    self.session.consume_output(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.session.on_io_error(e.to_string()),

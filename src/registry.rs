@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use log::{debug, info};
 
+use crate::metrics::{self, Counters, Skip};
 use crate::rules::{self, canonical, Contender, Direction, Policy, Role, Survivor};
 use crate::session::{CloseReason, PeerHello};
 use crate::status::{ConsensusInfo, MasternodeStatus, PeerStatus};
@@ -76,6 +77,13 @@ pub enum Input {
         conn: ConnId,
         /// Why.
         reason: CloseReason,
+    },
+    /// The session rejected bad input (it closes itself; this is for the counters).
+    Rejected {
+        /// The connection.
+        conn: ConnId,
+        /// The reason sent to the peer.
+        reason: Reason,
     },
     /// A new masternode and addnode list (SIGHUP, discovery).
     SetPeers {
@@ -227,6 +235,8 @@ struct Target {
     waiting_since: Duration,
     /// Whether the "they should connect to us" decision was logged for this wait.
     skip_logged: bool,
+    /// Why the last planning pass did not dial, so each reason is counted once per spell.
+    last_skip: Option<Skip>,
     last_error: Option<String>,
 }
 
@@ -246,6 +256,7 @@ pub struct Registry {
     stopping: bool,
     stopped: bool,
     outputs: Vec<Output>,
+    metrics: Counters,
 }
 
 impl Registry {
@@ -269,6 +280,7 @@ impl Registry {
             stopping: false,
             stopped: false,
             outputs: Vec::new(),
+            metrics: Counters::default(),
         };
         r.set_peers(masternodes, addnodes, Duration::ZERO);
         r
@@ -297,6 +309,7 @@ impl Registry {
                 }
             }
             Input::Closed { conn, reason } => self.on_closed(conn, reason, now),
+            Input::Rejected { reason, .. } => self.metrics.rejected(reason),
             Input::SetPeers {
                 masternodes,
                 addnodes,
@@ -409,6 +422,7 @@ impl Registry {
                 next_dial: now,
                 waiting_since: now,
                 skip_logged: false,
+                last_skip: None,
                 last_error: None,
             });
             if target.role != role {
@@ -453,19 +467,29 @@ impl Registry {
         for addr in addrs {
             let wanted = self.dial_wanted(addr);
             let t = self.targets.get_mut(&addr).expect("listed above");
-            if !wanted {
-                continue;
-            }
-            if t.role == Role::AwaitInbound && !rules::fallback_due(t.waiting_since, now, grace) {
+            let skip = if !wanted {
+                Some(Skip::Connected)
+            } else if t.role == Role::AwaitInbound
+                && !rules::fallback_due(t.waiting_since, now, grace)
+            {
                 if !t.skip_logged {
                     t.skip_logged = true;
                     debug!(
                         "Skipping outbound to {addr} (they should connect to us: {local} > {addr})"
                     );
                 }
-                continue;
+                Some(Skip::Direction)
+            } else if now < t.next_dial {
+                Some(Skip::Backoff)
+            } else {
+                None
+            };
+            if skip.is_some() && skip != t.last_skip {
+                self.metrics.skipped(skip.expect("checked"));
             }
-            if now >= t.next_dial {
+            t.last_skip = skip;
+            if skip.is_none() {
+                self.metrics.dial();
                 let conn = self.next_dial_id;
                 self.next_dial_id += 1;
                 debug!("Dialing {addr} ({})", role_name(t.role));
@@ -606,11 +630,13 @@ impl Registry {
                 (self.settings.policy.resolve_duplicate)(&old_contender, &new_contender)
                     == Survivor::New
             };
+            self.metrics.duplicate();
             if replace {
                 debug!("Replacing connection to {peer}");
                 self.close(old_id, Reason::Duplicate);
             } else {
                 debug!("Rejecting duplicate connection from {peer}");
+                self.metrics.handshake(Reason::Duplicate.name());
                 return self.close(conn, Reason::Duplicate);
             }
         } else if !self.settings.policy.loser_waits_for_winner
@@ -620,8 +646,10 @@ impl Registry {
             return self.close(conn, Reason::Duplicate);
         } else if !self.has_room_for(peer, conn) {
             debug!("Rejecting {peer}: too many peers");
+            self.metrics.handshake(Reason::TooManyPeers.name());
             return self.close(conn, Reason::TooManyPeers);
         }
+        self.metrics.handshake("accepted");
         let c = self.conns.get_mut(&conn).expect("checked above");
         c.state = ConnState::Established;
         c.was_established = true;
@@ -696,6 +724,14 @@ impl Registry {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        let label = metrics::close_label(reason.reason(), reason == CloseReason::Eof);
+        if c.hello.is_none() && c.state != ConnState::Dialing {
+            // It never completed a handshake: that is the handshake's result.
+            self.metrics.handshake(label);
+        }
+        if c.was_established {
+            self.metrics.disconnect(label);
+        }
         let Some(peer) = c.peer else {
             debug!(
                 "Connection from {} closed before its handshake: {reason}",
@@ -802,6 +838,11 @@ impl Registry {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `GET /metrics` at time `now`.
+    pub fn metrics_text(&self, now: Duration) -> String {
+        self.metrics.render(&self.consensus_info(now))
     }
 
     /// `GET /consensus_info` at time `now` (uptime counts from time zero).

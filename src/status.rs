@@ -78,6 +78,8 @@ pub enum Query {
     Peers,
     /// For `/masternodes`.
     Masternodes,
+    /// For `/metrics`.
+    Metrics,
 }
 
 /// The registry's answer to a [`Query`].
@@ -89,6 +91,8 @@ pub enum Answer {
     Peers(Vec<PeerStatus>),
     /// Answers [`Query::Masternodes`].
     Masternodes(Vec<MasternodeStatus>),
+    /// Answers [`Query::Metrics`]: the Prometheus text exposition.
+    Metrics(String),
 }
 
 /// How the server reaches the registry: `None` when it did not answer in time.
@@ -115,6 +119,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain";
+/// The Prometheus text exposition format's content type.
+const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Starts the status server on an already-bound listener (the daemon binds it so that a bind
 /// failure is reported at start-up) on its own thread named "status", and returns the
@@ -149,6 +155,7 @@ pub fn respond(
         "/consensus_info" => Some(Query::ConsensusInfo),
         "/peers" => Some(Query::Peers),
         "/masternodes" => Some(Query::Masternodes),
+        "/metrics" => Some(Query::Metrics),
         _ => return error(404, &format!("not found: {path}")),
     };
     if method != "GET" {
@@ -164,6 +171,7 @@ pub fn respond(
         (Query::ConsensusInfo, Some(Answer::ConsensusInfo(info))) => serde_json::to_string(&info),
         (Query::Peers, Some(Answer::Peers(peers))) => serde_json::to_string(&peers),
         (Query::Masternodes, Some(Answer::Masternodes(nodes))) => serde_json::to_string(&nodes),
+        (Query::Metrics, Some(Answer::Metrics(text))) => return (200, METRICS, text),
         (query, Some(other)) => {
             // A mismatch is a bug in the registry, not a client error; say so loudly once per
             // request rather than serving the wrong shape.
@@ -188,6 +196,7 @@ fn answer_name(answer: &Answer) -> &'static str {
         Answer::ConsensusInfo(_) => "ConsensusInfo",
         Answer::Peers(_) => "Peers",
         Answer::Masternodes(_) => "Masternodes",
+        Answer::Metrics(_) => "Metrics",
     }
 }
 
@@ -467,6 +476,7 @@ mod tests {
             Query::ConsensusInfo => Answer::ConsensusInfo(info()),
             Query::Peers => Answer::Peers(vec![peer()]),
             Query::Masternodes => Answer::Masternodes(vec![node()]),
+            Query::Metrics => Answer::Metrics("# HELP timed_x x\n".into()),
         })
     }
 
@@ -659,13 +669,23 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_served_as_prometheus_text() {
+        let (status, content_type, body) = respond("GET", "/metrics", &good);
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(body.starts_with("# HELP timed_"));
+        assert_eq!(respond("POST", "/metrics", &good).0, 405);
+    }
+
+    #[test]
     fn wrong_answer_is_503() {
         let confused = |query: Query| match query {
             Query::ConsensusInfo => Some(Answer::Peers(vec![peer()])),
             Query::Peers => Some(Answer::Masternodes(vec![node()])),
             Query::Masternodes => Some(Answer::ConsensusInfo(info())),
+            Query::Metrics => Some(Answer::Peers(vec![])),
         };
-        for path in ["/consensus_info", "/peers", "/masternodes"] {
+        for path in ["/consensus_info", "/peers", "/masternodes", "/metrics"] {
             let (status, content_type, body) = respond("GET", path, &confused);
             assert_eq!((status, content_type), (503, JSON), "{path}");
             assert!(json(&body)["error"].is_string());
