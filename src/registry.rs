@@ -484,8 +484,8 @@ impl Registry {
             } else {
                 None
             };
-            if skip.is_some() && skip != t.last_skip {
-                self.metrics.skipped(skip.expect("checked"));
+            if let Some(why) = skip.filter(|_| skip != t.last_skip) {
+                self.metrics.skipped(why);
             }
             t.last_skip = skip;
             if skip.is_none() {
