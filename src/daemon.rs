@@ -13,6 +13,7 @@ use log::{debug, error, info, warn};
 use mio::Waker;
 
 use crate::config::{Config, ConfigError};
+use crate::discovery;
 use crate::peer::{Command, WorkerContext, WorkerHandle};
 use crate::reactor::{Reactor, ReactorCommand};
 use crate::registry::{ConnId, Input, Output, Registry, Settings};
@@ -56,6 +57,15 @@ pub enum Msg {
     Attach(ConnId, WorkerHandle),
     /// A status query, answered on the sender.
     Query(Query, Sender<Answer>),
+    /// The configuration's lists, re-read on SIGHUP.
+    Configured {
+        /// `masternode` entries.
+        masternodes: Vec<SocketAddr>,
+        /// `addnode` entries.
+        addnodes: Vec<SocketAddr>,
+    },
+    /// Masternodes from `discoveryurl`, changed since the last fetch.
+    Discovered(Vec<SocketAddr>),
 }
 
 /// Re-reads the configuration for SIGHUP.
@@ -162,10 +172,31 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         status::spawn(listener, ask)
             .map_err(|e| RunError(format!("cannot start the status thread: {e}")))?;
     }
+    // Discovery runs on its own thread: a slow server must never hold up the registry.
+    let (refresh_tx, refresh_rx) = bounded::<()>(1);
+    if let Some(url) = config.discoveryurl.clone() {
+        let (found_tx, found_rx) = bounded::<Vec<SocketAddr>>(1);
+        let (interval, port) = (config.discoveryinterval, config.network.default_port());
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || discovery::run(url, interval, port, refresh_rx, found_tx))
+            .map_err(|e| RunError(format!("cannot start the discovery thread: {e}")))?;
+        let tx = inbox_tx.clone();
+        std::thread::Builder::new()
+            .name("discovered".into())
+            .spawn(move || {
+                for list in found_rx {
+                    if tx.send(Msg::Discovered(list)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| RunError(format!("cannot start the discovery thread: {e}")))?;
+    }
     let signal_tx = inbox_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || signal_loop(signal_tx, reload))
+        .spawn(move || signal_loop(signal_tx, reload, refresh_tx))
         .map_err(|e| RunError(format!("cannot start the signal thread: {e}")))?;
     drop(inbox_tx);
 
@@ -187,6 +218,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         config.addnodes.clone(),
     );
     let mut thread = RegistryThread {
+        lists: Lists {
+            masternodes: config.masternodes.clone(),
+            addnodes: config.addnodes.clone(),
+            discovered: Vec::new(),
+        },
         registry,
         clock,
         inbox: inbox_rx,
@@ -215,7 +251,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
     Ok(())
 }
 
-fn signal_loop(inbox: Sender<Msg>, reload: Reload) {
+fn signal_loop(inbox: Sender<Msg>, reload: Reload, refresh_discovery: Sender<()>) {
     loop {
         match signals::wait() {
             Signal::Terminate => {
@@ -229,10 +265,11 @@ fn signal_loop(inbox: Sender<Msg>, reload: Reload) {
                         config.masternodes.len(),
                         config.addnodes.len()
                     );
-                    let _ = inbox.send(Msg::Input(Input::SetPeers {
+                    let _ = inbox.send(Msg::Configured {
                         masternodes: config.masternodes,
                         addnodes: config.addnodes,
-                    }));
+                    });
+                    let _ = refresh_discovery.try_send(());
                 }
                 Err(e) => error!("Configuration reload failed, keeping the current lists: {e}"),
             },
@@ -240,8 +277,32 @@ fn signal_loop(inbox: Sender<Msg>, reload: Reload) {
     }
 }
 
+/// Where the wanted peers come from: the configuration and discovery.
+struct Lists {
+    masternodes: Vec<SocketAddr>,
+    addnodes: Vec<SocketAddr>,
+    discovered: Vec<SocketAddr>,
+}
+
+impl Lists {
+    /// The registry's input for the union of both sources.
+    fn input(&self) -> Input {
+        let mut masternodes = self.masternodes.clone();
+        masternodes.extend(
+            self.discovered
+                .iter()
+                .filter(|a| !self.masternodes.contains(a)),
+        );
+        Input::SetPeers {
+            masternodes,
+            addnodes: self.addnodes.clone(),
+        }
+    }
+}
+
 /// The registry thread: the one place the registry lives.
 struct RegistryThread {
+    lists: Lists,
     registry: Registry,
     clock: Clock,
     inbox: Receiver<Msg>,
@@ -291,6 +352,18 @@ impl RegistryThread {
                     }
                     self.workers.insert(conn, handle);
                     continue;
+                }
+                Some(Msg::Configured {
+                    masternodes,
+                    addnodes,
+                }) => {
+                    self.lists.masternodes = masternodes;
+                    self.lists.addnodes = addnodes;
+                    self.lists.input()
+                }
+                Some(Msg::Discovered(list)) => {
+                    self.lists.discovered = list;
+                    self.lists.input()
                 }
                 Some(Msg::Query(query, reply)) => {
                     let answer = match query {

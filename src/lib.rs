@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod metrics;
 pub mod peer;
 pub mod reactor;
