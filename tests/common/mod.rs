@@ -192,6 +192,11 @@ impl Harness {
         SocketAddr::V4(SocketAddrV4::new(self.ip(host), P2P_PORT))
     }
 
+    /// The status endpoint address of host `host`.
+    pub fn rpc_addr(&self, host: u8) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.ip(host), RPC_PORT))
+    }
+
     pub fn addrs(&self, hosts: &[u8]) -> Vec<SocketAddr> {
         hosts.iter().map(|h| self.addr(*h)).collect()
     }
