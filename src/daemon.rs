@@ -199,6 +199,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         .spawn(move || signal_loop(signal_tx, reload, refresh_tx))
         .map_err(|e| RunError(format!("cannot start the signal thread: {e}")))?;
     drop(inbox_tx);
+    // Every listener is bound and every thread is up: tell systemd (Type=notify).
+    if let Err(e) = crate::notify::notify("READY=1") {
+        warn!("Cannot notify the service manager: {e}");
+    }
 
     let settings = Settings {
         network: config.network,
@@ -236,6 +240,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
     // Every session has ended; wait (boundedly) for the workers' FIN exchanges to finish so
     // the process exit does not cut a close short.
     let deadline = shutdown_started + SHUTDOWN_DEADLINE;
+    debug!(
+        "Registry stopped; waiting for {} workers to finish closing",
+        live.load(Ordering::SeqCst)
+    );
     while live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -245,8 +253,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
     }
     let _ = thread.reactor.send(ReactorCommand::Stop);
     let _ = thread.reactor_waker.wake();
-    drop(thread);
+    // The waker must outlive the reactor's wake-up: closing its eventfd first would drop the
+    // pending event from the epoll set, and the reactor would sleep forever.
     let _ = reactor_thread.join();
+    drop(thread);
     info!("timed stopped");
     Ok(())
 }
@@ -382,6 +392,7 @@ impl RegistryThread {
             };
             if input == Input::Shutdown && shutdown_started.is_none() {
                 shutdown_started = Some(Instant::now());
+                let _ = crate::notify::notify("STOPPING=1");
             }
             if let Input::Closed { conn, .. } = &input {
                 self.workers.remove(conn);

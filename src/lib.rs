@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod metrics;
+pub mod notify;
 pub mod peer;
 pub mod reactor;
 pub mod registry;

@@ -106,7 +106,7 @@ pub fn spawn(
     let spawned = std::thread::Builder::new()
         .name(format!("peer-{}", worker.remote))
         .stack_size(STACK_SIZE)
-        .spawn(move || worker.run());
+        .spawn(move || worker.run_guarded());
     if let Err(e) = spawned {
         ctx.live.fetch_sub(1, Ordering::SeqCst);
         // The registry already knows the connection: tell it that it is gone.
@@ -130,7 +130,34 @@ struct Worker {
     eof: bool,
 }
 
+/// Agent string that makes a debug build's worker panic after the handshake: the hook the
+/// integration tests use to prove one worker's panic leaves the daemon running. Release
+/// builds do not have it.
+#[cfg(debug_assertions)]
+pub const PANIC_TEST_AGENT: &str = "timed-test/panic";
+
 impl Worker {
+    /// Runs the worker; a panic (a bug) ends only this connection: the registry is told it is
+    /// gone, and every other link carries on. This is why the release profile keeps
+    /// `panic = "unwind"`.
+    fn run_guarded(self) {
+        let (conn, remote, ctx) = (self.conn, self.remote.clone(), self.ctx.clone());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+        if let Err(panic) = result {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!("Worker for {remote} panicked ({what}); its connection is closed");
+            let reason = crate::session::CloseReason::Io(format!("worker panicked: {what}"));
+            let _ = ctx
+                .registry
+                .send(Msg::Input(Input::Closed { conn, reason }));
+            ctx.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(4);
         let mut buf = vec![0u8; READ_BUF];
@@ -206,6 +233,12 @@ impl Worker {
     /// Passes the session's events on to the registry. False once the registry is gone.
     fn report(&mut self) -> bool {
         while let Some(event) = self.session.poll_event() {
+            #[cfg(debug_assertions)]
+            if let SessionEvent::Handshaken(hello) = &event {
+                if hello.agent == PANIC_TEST_AGENT {
+                    panic!("panic requested by a test peer");
+                }
+            }
             let input = match event {
                 SessionEvent::Handshaken(hello) => Input::Handshaken {
                     conn: self.conn,
