@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -88,12 +88,20 @@ pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
+/// How many [`http_get`] connects were refused (nobody listening yet). Each is one SYN the
+/// kernel answered with an RST, which the RST-free test must tell apart from resets.
+pub static HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// A minimal `GET` over a fresh connection (`Connection: close`), with timeouts. Returns the
 /// status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            HTTP_REFUSED.fetch_add(1, Ordering::SeqCst);
+        }
+        format!("connect to {addr}: {e}")
+    })?;
     stream.set_read_timeout(Some(timeout)).ok();
     stream.set_write_timeout(Some(timeout)).ok();
     let request =
