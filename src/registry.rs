@@ -571,6 +571,11 @@ impl Registry {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.state == ConnState::Closing {
+            // We had already given it up (the peer was unlisted): its failure says nothing
+            // about the peer's next dial.
+            return;
+        }
         if let Some(addr) = c.peer {
             debug!("Dial to {addr} failed: {error}");
             self.schedule_redial(addr, true, false, Some(error), now);
@@ -895,7 +900,7 @@ impl Registry {
                 })
             })
             .collect();
-        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        peers.sort_by_key(|p| p.address.parse().map(rules::order_key).ok());
         peers
     }
 

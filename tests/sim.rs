@@ -77,13 +77,18 @@ fn fault_free_meshes_form_with_one_handshake_per_link() {
 
 /// Seeds kept for good. 9, 10, 29, 32 and 33 found a daemon bug: a designated dialer whose
 /// dial to a NAT'd peer failed while the peer's fallback link was up redialed without backoff
-/// (every connect timeout instead of growing to `reconnectmax`). The others once exposed a
+/// (every connect timeout instead of growing to `reconnectmax`). 4262, 6865, 9455 and 9819
+/// found another: the failure of a dial given up when its peer was unlisted was charged to the
+/// peer's backoff once it was listed again. 1741 (a crash before a node's start) and the others
+/// once exposed a
 /// wrong assumption of the simulator: a list edited before the node started (14, 23), a
 /// half-open link that looks established until liveness notices (45), a fallback link the
 /// designated dialer must replace (6, 17, 20).
 #[test]
 fn regression_seeds() {
-    for seed in [6, 9, 10, 14, 17, 20, 23, 29, 32, 33, 45] {
+    for seed in [
+        6, 9, 10, 14, 17, 20, 23, 29, 32, 33, 45, 1741, 4262, 6865, 9455, 9819,
+    ] {
         let report = sim::run(&SimConfig::new(seed, 5));
         assert!(report.passed(), "{}", report.violations[0]);
         assert_eq!(report.links, report.expected_links, "seed {seed}");

@@ -101,6 +101,8 @@ pub(super) struct World<'a> {
     handshakes: usize,
     /// Duplicate verdicts: the wire a node closed, and the one it kept.
     verdicts: BTreeMap<usize, (usize, usize)>,
+    /// Crash faults that found their node up (only those restart it).
+    crashed: BTreeSet<usize>,
     /// Set at the verification point when the mesh is complete: from then on nobody may
     /// dial (a half-open link can no longer be hiding).
     formed_at: Option<Duration>,
@@ -150,6 +152,7 @@ impl<'a> World<'a> {
             verdicts: BTreeMap::new(),
             formed_at: None,
             complete_since: None,
+            crashed: BTreeSet::new(),
             pair_handshakes: BTreeMap::new(),
         };
         for (i, at) in scenario.starts.iter().enumerate() {
@@ -302,6 +305,7 @@ impl<'a> World<'a> {
                         let target = node_addr(self.wires[wire].nodes[1]);
                         *self.nodes[node].fail_streak.entry(target).or_default() += 1;
                     } else if let Some(target) = self.dial_target(node, conn) {
+                        // A dial the registry still counts (not one it gave up).
                         *self.nodes[node].fail_streak.entry(target).or_default() += 1;
                     }
                     let now = self.local_now(node);
@@ -377,6 +381,7 @@ impl<'a> World<'a> {
                 if !self.nodes[node].up {
                     return;
                 }
+                self.crashed.insert(i);
                 self.nodes[node].up = false;
                 let ends: Vec<(ConnId, usize)> = self.nodes[node]
                     .sessions
@@ -422,7 +427,7 @@ impl<'a> World<'a> {
     fn fault_end(&mut self, i: usize) {
         match self.scenario.faults[i].clone() {
             Fault::Crash { node, .. } => {
-                if self.nodes[node].up {
+                if !self.crashed.remove(&i) || self.nodes[node].up {
                     return;
                 }
                 // A new process: new boot id, new registry, and the configured list.
@@ -646,13 +651,13 @@ impl<'a> World<'a> {
         self.verdicts.insert(lost, (n, kept));
     }
 
-    /// The peer a still-tracked dial of node `n` goes to.
+    /// The peer a dial of node `n` goes to, unless the registry gave the dial up.
     fn dial_target(&self, n: usize, conn: ConnId) -> Option<SocketAddr> {
         self.nodes[n]
             .registry
             .connections()
             .into_iter()
-            .find(|v| v.conn == conn)
+            .find(|v| v.conn == conn && !v.closing)
             .and_then(|v| v.peer)
     }
 
