@@ -1,0 +1,36 @@
+# timed: build, test and try out the masternode mesh daemon.
+#
+#   make            release build (target/release/timed)
+#   make test       install missing test tools, then cargo fmt --check, clippy, cargo test
+#   make demo       four masternodes on 127.0.0.2-127.0.0.5; exits 0 only if they mesh
+#   make run        one node in the foreground on 127.0.0.1:24100 (Ctrl-C stops it)
+#   make clean      remove build output
+
+CARGO ?= cargo
+RUN_ARGS ?= --listen=127.0.0.1:24100
+
+.PHONY: all build test test-deps demo run clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+test: test-deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+
+test-deps:
+	bash scripts/test-deps.sh
+
+demo:
+	bash scripts/demo.sh
+
+# The built-in defaults are those of conf/timed.conf; the configuration file is that one,
+# so an installed /etc/timed/timed.conf does not change what `make run` does.
+run:
+	$(CARGO) run --release --bin timed -- --conf conf/timed.conf $(RUN_ARGS)
+
+clean:
+	$(CARGO) clean

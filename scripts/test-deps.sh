@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing:
+#   unshare (util-linux) and ip (iproute2) for the RST-free test's private network
+#   namespace; rustfmt and clippy for `make test`'s format and lint steps.
+# Installs only as root with apt-get; otherwise says what is missing and goes on (the
+# namespace test then skips, or fails when CI is set).
+set -euo pipefail
+
+missing=()
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test-deps: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "test-deps: missing ${missing[*]} (need root and apt-get to install);" \
+            "the network-namespace test will be skipped (or fail under CI)" >&2
+    fi
+fi
+
+for component in rustfmt clippy; do
+    case $component in
+    rustfmt) probe=(cargo fmt --version) ;;
+    clippy) probe=(cargo clippy --version) ;;
+    esac
+    if ! "${probe[@]}" >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            echo "test-deps: installing the $component component"
+            rustup component add "$component"
+        else
+            echo "test-deps: cargo $component is missing and rustup is not available" >&2
+            exit 1
+        fi
+    fi
+done
