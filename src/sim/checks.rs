@@ -85,8 +85,9 @@ pub(super) fn after_step(w: &mut World) {
             continue;
         }
         // One established connection per peer.
+        let views = w.nodes[n].registry.connections();
         let mut per_peer: BTreeMap<_, u32> = BTreeMap::new();
-        for c in w.nodes[n].registry.connections() {
+        for c in &views {
             if c.established {
                 *per_peer.entry(c.peer).or_default() += 1;
             }
@@ -105,7 +106,10 @@ pub(super) fn after_step(w: &mut World) {
         let info = w.nodes[n].registry.consensus_info(w.now);
         let listed_truth = truth
             .iter()
-            .filter(|id| w.peer_of(n, **id).is_some_and(|p| w.lists_masternode(n, p)))
+            .filter(|id| {
+                let peer = views.iter().find(|v| v.conn == **id).and_then(|v| v.peer);
+                peer.is_some_and(|p| w.lists_masternode(n, p))
+            })
             .count()
             + usize::from(info.masternode);
         if info.connected_peers != truth.len() || info.active_masternodes != listed_truth {

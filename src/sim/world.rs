@@ -103,6 +103,8 @@ pub(super) struct World<'a> {
     verdicts: BTreeMap<usize, (usize, usize)>,
     /// Crash faults that found their node up (only those restart it).
     crashed: BTreeSet<usize>,
+    /// `settled[a][b]`: see [`World::settled_link`].
+    settled: Vec<Vec<Option<usize>>>,
     /// Set at the verification point when the mesh is complete: from then on nobody may
     /// dial (a half-open link can no longer be hiding).
     formed_at: Option<Duration>,
@@ -153,6 +155,7 @@ impl<'a> World<'a> {
             formed_at: None,
             complete_since: None,
             crashed: BTreeSet::new(),
+            settled: vec![vec![None; config.nodes]; config.nodes],
             pair_handshakes: BTreeMap::new(),
         };
         for (i, at) in scenario.starts.iter().enumerate() {
@@ -206,6 +209,7 @@ impl<'a> World<'a> {
                 }
             }
             self.handle(ev);
+            self.refresh_links();
             checks::after_step(&mut self);
             if self.now >= self.scenario.quiet_at() {
                 // A half-open link looks complete until liveness notices; the convergence
@@ -219,6 +223,7 @@ impl<'a> World<'a> {
         }
         if self.violations.is_empty() {
             self.now = end;
+            self.refresh_links();
             checks::at_end(&mut self);
         }
         if self.violations.is_empty() && !self.config.faults {
@@ -354,6 +359,7 @@ impl<'a> World<'a> {
             Ev::FaultStart(i) => self.fault_start(i),
             Ev::FaultEnd(i) => self.fault_end(i),
             Ev::Verify => {
+                self.refresh_links();
                 checks::at_end(self);
                 if self.violations.is_empty() {
                     self.formed_at = Some(self.now);
@@ -888,21 +894,35 @@ impl<'a> World<'a> {
     }
 
     /// The wire of node `a`'s link to node `b`, when `a` holds exactly one established
-    /// connection to `b` (a dial still in progress beside it is no link).
+    /// connection to `b` (a dial still in progress beside it is no link). Read from the table
+    /// [`World::refresh_links`] keeps.
     pub fn settled_link(&self, a: usize, b: usize) -> Option<usize> {
-        if !self.nodes[a].up {
-            return None;
-        }
-        let peer = node_addr(b);
-        let established: Vec<_> = self.nodes[a]
-            .registry
-            .connections()
-            .into_iter()
-            .filter(|v| v.peer == Some(peer) && v.established)
-            .collect();
-        match established.as_slice() {
-            [v] => self.nodes[a].sessions.get(&v.conn).map(|e| e.wire),
-            _ => None,
+        self.settled[a][b]
+    }
+
+    /// Rebuilds the table of settled links: one registry view per node per step, where asking
+    /// pair by pair would cost a view per pair.
+    pub fn refresh_links(&mut self) {
+        let n = self.nodes.len();
+        for a in 0..n {
+            let mut count = vec![0u32; n];
+            let mut wire = vec![None; n];
+            if self.nodes[a].up {
+                for v in self.nodes[a].registry.connections() {
+                    let Some(b) = v
+                        .peer
+                        .filter(|_| v.established)
+                        .and_then(|p| self.node_of(p))
+                    else {
+                        continue;
+                    };
+                    count[b] += 1;
+                    wire[b] = self.nodes[a].sessions.get(&v.conn).map(|e| e.wire);
+                }
+            }
+            for b in 0..n {
+                self.settled[a][b] = if count[b] == 1 { wire[b] } else { None };
+            }
         }
     }
 
