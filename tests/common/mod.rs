@@ -6,6 +6,9 @@
 //! from that address, and serves its status endpoint on `127.A.B.HOST:8332`, so several
 //! meshes run side by side without any port juggling.
 //!
+//! The directory is removed after a passing test and kept (its path printed) after a failing
+//! one, or always with `TIMED_TEST_KEEP=1`.
+//!
 //! Processes are stopped by their own PID (SIGTERM, then SIGKILL after a deadline) when a
 //! [`Node`] is dropped, also when the test panics. Synchronisation is always polling with a
 //! deadline ([`wait_until`]), never a fixed sleep.
@@ -238,6 +241,8 @@ impl Drop for Harness {
                 self.name,
                 self.dir.display()
             );
+        } else if std::env::var_os("TIMED_TEST_KEEP").is_some() {
+            eprintln!("[{}] node logs kept in {}", self.name, self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
