@@ -1,12 +1,13 @@
 //! The status HTTP endpoint (`rpclisten`): read-only JSON views of the registry.
 //!
-//! The data types below are what the registry produces; the server only asks for them over
-//! the `ask` function it is given and never touches connection state itself.
+//! The data types below are what the registry produces (and what `time-cli` reads back); the
+//! server only asks for them over the `ask` function it is given and never touches
+//! connection state itself.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `GET /consensus_info`: the node's summary.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsensusInfo {
     /// `mainnet` or `testnet`.
     pub network: String,
@@ -31,7 +32,7 @@ pub struct ConsensusInfo {
 }
 
 /// One element of `GET /peers`: an established connection.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// The peer's P2P address (not the ephemeral source port).
     pub address: String,
@@ -51,7 +52,7 @@ pub struct PeerStatus {
 
 /// One element of `GET /masternodes`: a listed masternode other than this node, the expected
 /// beside the actual.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MasternodeStatus {
     /// The masternode's P2P address.
     pub address: String,

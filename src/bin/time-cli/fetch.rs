@@ -1,11 +1,10 @@
-//! Talking to the status endpoint: one `ureq` agent with hard time and size limits, and the
-//! JSON shapes `timed` serves (its own types only serialize, so the client mirrors them).
+//! Talking to the status endpoint: one `ureq` agent with hard time and size limits, reading
+//! the JSON shapes `timed` serves into `timed::status`'s own types.
 
 use std::fmt::Display;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 /// Whole-request deadline (connect, send, receive). The endpoint answers from memory in
@@ -17,36 +16,9 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// stops a wrong URL from streaming something huge into memory.
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 
-/// `GET /consensus_info`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct ConsensusInfo {
-    pub network: String,
-    pub version: String,
-    /// `null` when the node cannot know its own address.
-    pub local_address: Option<String>,
-    pub masternode: bool,
-    pub active_masternodes: u64,
-    pub total_masternodes: u64,
-    pub connected_peers: u64,
-    pub inbound: u64,
-    pub outbound: u64,
-    pub uptime_secs: u64,
-}
-
-/// One element of `GET /peers`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct Peer {
-    /// The peer's P2P address.
-    pub address: String,
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    pub masternode: bool,
-    pub connected_secs: u64,
-    pub last_recv_secs: u64,
-    /// `null` before the first pong.
-    pub rtt_ms: Option<f64>,
-    pub agent: String,
-}
+/// `GET /consensus_info` and one element of `GET /peers`: the daemon's own types, so a
+/// renamed field cannot slip past the client.
+pub use timed::status::{ConsensusInfo, PeerStatus as Peer};
 
 /// A blocking HTTP client for status endpoints. Cheap to share across threads (the agent is
 /// reference-counted inside).
@@ -135,7 +107,7 @@ pub fn endpoint(base: &str, path: &str) -> String {
 /// The readable part of an error body: the daemon's `{"error": "..."}` message, else the
 /// start of whatever was sent.
 fn error_text(body: &str) -> String {
-    #[derive(Deserialize)]
+    #[derive(serde::Deserialize)]
     struct Error {
         error: String,
     }
