@@ -4,12 +4,14 @@
 #   make test       install missing test tools, then cargo fmt --check, clippy, cargo test
 #   make demo       four masternodes on 127.0.0.2-127.0.0.5; exits 0 only if they mesh
 #   make run        one node in the foreground on 127.0.0.1:24100 (Ctrl-C stops it)
+#   make sim        the deterministic simulator: SEEDS=N (1000), SEED=S (replay one),
+#                   NODES=K (5), FAULTS=0 (fault-free), TRACE=1 (with SEED: every decision)
 #   make clean      remove build output
 
 CARGO ?= cargo
 RUN_ARGS ?= --listen=127.0.0.1:24100
 
-.PHONY: all build test test-deps demo run clean
+.PHONY: all build test test-deps demo run sim clean
 
 all: build
 
@@ -31,6 +33,14 @@ demo:
 # so an installed /etc/timed/timed.conf does not change what `make run` does.
 run:
 	$(CARGO) run --release --bin timed -- --conf conf/timed.conf $(RUN_ARGS)
+
+SEEDS ?= 1000
+NODES ?= 5
+FAULTS ?= 1
+SIM_ARGS = --seeds $(SEEDS) --nodes $(NODES) --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
+
+sim:
+	TRACE=$(TRACE) $(CARGO) run --release --quiet --example sim -- $(SIM_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,7 +1,8 @@
 //! `make sim`: runs the deterministic simulator over many seeds and prints a summary.
 //!
 //! `cargo run --release --example sim -- [--seeds N] [--seed S] [--nodes K] [--faults 0|1]`
-//! `--seed S` runs (replays) that one seed verbosely; `--seeds N` runs seeds 1..=N.
+//! `--seed S` runs (replays) that one seed verbosely (with `TRACE=1` in the environment, every
+//! registry decision too); `--seeds N` runs seeds 1..=N.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,8 @@ fn main() -> ExitCode {
     };
     let config_for = |seed| SimConfig {
         faults: args.faults,
-        trace: args.seed.is_some() && std::env::var_os("TRACE").is_some(),
+        trace: args.seed.is_some()
+            && std::env::var("TRACE").is_ok_and(|v| !v.is_empty() && v != "0"),
         ..SimConfig::new(seed, args.nodes)
     };
     let started = Instant::now();

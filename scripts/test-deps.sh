@@ -22,6 +22,13 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# tests/metrics.rs checks /metrics with a real Prometheus text parser.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    echo "test-deps: installing the prometheus-client Python package"
+    python3 -m pip install --quiet prometheus-client 2>&1 | grep -v "WARNING: Running pip as" || true
+    python3 -c 'import prometheus_client'
+fi
+
 for component in rustfmt clippy; do
     case $component in
     rustfmt) probe=(cargo fmt --version) ;;
