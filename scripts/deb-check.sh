@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# `make deb-check`: builds the Debian package with `make deb` and checks it.
+#
+#   1. contents: SPEC §7 layout, the conffile, stripped binaries, computed dependencies
+#   2. lintian: no errors and no warnings (overrides are in packaging/lintian-overrides)
+#   3. the man pages render without a groff warning
+#   4. systemd-analyze security --offline=yes --threshold=15 on the unit (exposure <= 1.5)
+#   5. as root, on this machine (a policy-rc.d keeps the service from starting):
+#      dpkg -i, the timed user and /var/lib/timed, `timed --version` and
+#      `timed --check-config` as installed, systemd-analyze verify on the installed unit,
+#      an edited /etc/timed/timed.conf surviving an upgrade to a higher version, and
+#      dpkg --purge removing the config, the state, the user and the enablement
+#   6. make install DESTDIR=…: exactly the files timed(8) lists; no clobbered config;
+#      make uninstall
+#
+# Installs what it needs when missing (lintian, systemd, man-db, dpkg-dev) with apt-get
+# when root. Leaves the machine as it found it: the package purged, a policy-rc.d it added
+# removed, its temporary directories deleted. Without root, the install test is skipped
+# (a failure under CI=true).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+step() { echo "== deb-check: $*"; }
+fail() {
+    echo "deb-check: FAILED: $*" >&2
+    exit 1
+}
+
+is_root=false
+[[ $EUID -eq 0 ]] && is_root=true
+if ! $is_root && [[ ${CI:-} == true ]]; then
+    fail "CI runs this as root; the install test needs it"
+fi
+
+# ---- tools ------------------------------------------------------------------------------
+missing=()
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+# The package's own dependencies, for dpkg -i.
+for pkg in adduser libssl3; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if $is_root && command -v apt-get >/dev/null 2>&1; then
+        step "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        fail "missing ${missing[*]} (need root and apt-get to install them)"
+    fi
+fi
+
+# ---- build ------------------------------------------------------------------------------
+step "make deb"
+start=$SECONDS
+${MAKE:-make} --no-print-directory deb
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+arch=$(dpkg --print-architecture)
+deb=target/debian/timed_${version}-1_${arch}.deb
+[[ -f $deb ]] || fail "make deb did not produce $deb"
+echo "built $deb in $((SECONDS - start))s ($(stat -c %s "$deb") bytes)"
+
+tmp=$(mktemp -d /tmp/timed-deb-check.XXXXXX)
+policy_added=false
+installed_by_us=false
+cleanup() {
+    local rc=$?
+    if $installed_by_us && dpkg-query -W -f='${Status}' timed 2>/dev/null | grep -qv "not-installed"; then
+        dpkg --purge timed >/dev/null 2>&1 || echo "deb-check: cleanup: dpkg --purge timed failed" >&2
+    fi
+    if $policy_added; then
+        rm -f /usr/sbin/policy-rc.d
+    fi
+    rm -rf "$tmp"
+    exit $rc
+}
+trap cleanup EXIT
+
+# The files timed(8) lists: the paths that head the .TP/.TQ entries of its FILES section,
+# without the state directory.
+man_files() {
+    awk '/^\.SH / { files = ($2 == "FILES") } \
+         files && (prev == ".TP" || prev == ".TQ") && $1 == ".I" && $2 ~ /^\// { print $2 } \
+         { prev = $1 }' packaging/timed.8 |
+        sed 's/\\-/-/g' | grep -vx /var/lib/timed | sort
+}
+man_files >"$tmp/man-files"
+[[ -s $tmp/man-files ]] || fail "no FILES entries found in packaging/timed.8"
+
+# ---- 1. contents --------------------------------------------------------------------
+step "contents"
+dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' | grep -v '/$' | sort >"$tmp/deb-files"
+cat "$tmp/deb-files"
+grep -v -e '^/usr/share/doc/' -e '^/usr/share/lintian/' "$tmp/deb-files" >"$tmp/deb-listed"
+diff -u "$tmp/man-files" "$tmp/deb-listed" ||
+    fail "the package's files differ from those timed(8) lists"
+for f in /usr/share/doc/timed/copyright /usr/share/doc/timed/changelog.Debian.gz; do
+    grep -qx "$f" "$tmp/deb-files" || fail "$f is missing from the package"
+done
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles >"$tmp/conffiles"
+grep -qx /etc/timed/timed.conf "$tmp/conffiles" || fail "/etc/timed/timed.conf is not a conffile"
+depends=$(dpkg-deb -f "$deb" Depends)
+echo "Depends: $depends"
+for dep in libc6 libssl3 adduser; do
+    [[ $depends == *"$dep"* ]] || fail "Depends lacks $dep"
+done
+mkdir "$tmp/root"
+dpkg-deb -x "$deb" "$tmp/root"
+for b in timed time-cli; do
+    if readelf -S "$tmp/root/usr/bin/$b" | grep -qE '\.(symtab|debug_)'; then
+        fail "/usr/bin/$b is not stripped"
+    fi
+done
+echo "binaries stripped; /etc/timed/timed.conf is a conffile"
+
+# ---- 2. lintian -------------------------------------------------------------------------
+step "lintian"
+lintian --version
+# Info tags are shown for the record; an error or a warning fails.
+lintian_rc=0
+lintian --info --display-level '>=info' --fail-on error,warning "$deb" >"$tmp/lintian" 2>&1 ||
+    lintian_rc=$?
+grep -v -e 'running with root privileges' -e '^N:' "$tmp/lintian" || true
+((lintian_rc == 0)) || fail "lintian reports errors or warnings (exit status $lintian_rc)"
+echo "lintian: no errors, no warnings"
+
+# ---- 3. man pages -----------------------------------------------------------------------
+step "man pages"
+for page in packaging/timed.8 packaging/time-cli.1; do
+    warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null)
+    [[ -z $warnings ]] || fail "$page: $warnings"
+    LC_ALL=C.UTF-8 MANWIDTH=80 man -l "$page" 2>/dev/null | grep -q '^NAME' || fail "$page does not render"
+done
+echo "timed.8 and time-cli.1 render without warnings"
+
+# ---- 4. systemd-analyze security --------------------------------------------------------
+step "systemd-analyze security"
+systemd-analyze --version | head -n1
+systemd-analyze security --offline=yes --threshold=15 packaging/timed.service >"$tmp/security" 2>&1 || {
+    cat "$tmp/security"
+    fail "systemd-analyze security: exposure above 1.5"
+}
+grep '✗' "$tmp/security" || true
+grep 'Overall exposure' "$tmp/security"
+
+# ---- 5. install, upgrade, purge ---------------------------------------------------------
+if ! $is_root; then
+    step "install test skipped: needs root"
+elif dpkg-query -W -f='${Status}' timed 2>/dev/null | grep -qv "not-installed"; then
+    # A developer's own installation is not deb-check's to purge.
+    [[ ${CI:-} != true ]] || fail "timed is already installed on this CI machine"
+    step "install test skipped: timed is already installed here (dpkg --purge timed to run it)"
+else
+    step "install test"
+    user_existed=false
+    getent passwd timed >/dev/null && user_existed=true
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# deb-check: no service starts during the install test\nexit 101\n' \
+            >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_added=true
+    fi
+
+    installed_by_us=true
+    dpkg -i "$deb"
+    [[ $(dpkg-query -W -f='${Status} ${Version}' timed) == "install ok installed ${version}-1" ]] ||
+        fail "timed ${version}-1 is not installed after dpkg -i"
+    entry=$(getent passwd timed) || fail "no timed user after install"
+    echo "user: $entry"
+    [[ $(cut -d: -f6 <<<"$entry") == /var/lib/timed ]] || fail "the timed user's home is not /var/lib/timed"
+    [[ $(stat -c %U:%G /var/lib/timed) == timed:timed ]] || fail "/var/lib/timed is not owned by timed"
+    [[ $(timed --version) == "timed $version" ]] || fail "timed --version says '$(timed --version)'"
+    time-cli --version >/dev/null || fail "time-cli --version failed"
+    runuser -u timed -- timed --check-config >"$tmp/effective" || fail "timed --check-config (as timed) failed"
+    grep -q 'read from /etc/timed/timed.conf' "$tmp/effective" ||
+        fail "timed --check-config did not read /etc/timed/timed.conf"
+    echo "timed --version: $(timed --version); timed --check-config: ok as user timed"
+    systemd-analyze verify /lib/systemd/system/timed.service || fail "systemd-analyze verify"
+    echo "systemd-analyze verify: ok"
+    [[ -L /etc/systemd/system/multi-user.target.wants/timed.service ]] || fail "timed.service is not enabled"
+    man -l /usr/share/man/man8/timed.8.gz >/dev/null && man -l /usr/share/man/man1/time-cli.1.gz >/dev/null ||
+        fail "the installed man pages do not render"
+
+    step "upgrade keeps an edited /etc/timed/timed.conf"
+    echo "maxpeers=200   # deb-check: an operator's edit" >>/etc/timed/timed.conf
+    cargo deb --locked --no-build --deb-version "${version}-2" --output "$tmp/" >/dev/null
+    dpkg -i "$tmp/timed_${version}-2_${arch}.deb" </dev/null
+    [[ $(dpkg-query -W -f='${Version}' timed) == "${version}-2" ]] || fail "the upgrade to ${version}-2 did not happen"
+    grep -q '^maxpeers=200' /etc/timed/timed.conf || fail "the edit of /etc/timed/timed.conf was lost"
+    timed --check-config | grep -qx 'maxpeers=200' || fail "the edited configuration is not in effect"
+    echo "upgraded to ${version}-2; the edit survived and is in effect"
+
+    step "purge"
+    dpkg --purge timed
+    installed_by_us=false
+    ! dpkg-query -W -f='${Status}' timed 2>/dev/null | grep -q installed || fail "timed still installed"
+    for path in /etc/timed /var/lib/timed /lib/systemd/system/timed.service \
+        /etc/systemd/system/multi-user.target.wants/timed.service /usr/bin/timed; do
+        [[ ! -e $path && ! -L $path ]] || fail "$path is still there after purge"
+    done
+    if ! $user_existed; then
+        ! getent passwd timed >/dev/null || fail "the timed user is still there after purge"
+        ! getent group timed >/dev/null || fail "the timed group is still there after purge"
+    fi
+    echo "purged: config, state, unit, enablement, user and group removed"
+fi
+
+# ---- 6. make install --------------------------------------------------------------------
+step "make install DESTDIR=…"
+# With the package's directories, make install lays out exactly what timed(8) lists.
+dest=$tmp/dest
+${MAKE:-make} --no-print-directory install DESTDIR="$dest" PREFIX=/usr SYSCONFDIR=/etc \
+    SYSTEMDUNITDIR=/lib/systemd/system >/dev/null
+(cd "$dest" && find . -type f | sed 's|^\.||' | sort) >"$tmp/installed"
+sed 's/\.gz$//' "$tmp/man-files" | diff -u - "$tmp/installed" ||
+    fail "make install does not lay out the files timed(8) lists"
+grep -q '^ExecStart=/usr/bin/timed --conf /etc/timed/timed.conf$' "$dest/lib/systemd/system/timed.service" ||
+    fail "the installed unit does not start /usr/bin/timed --conf /etc/timed/timed.conf"
+# Defaults: PREFIX=/usr/local, and the unit points at what was installed there.
+dest=$tmp/dest-local
+${MAKE:-make} --no-print-directory install DESTDIR="$dest" >/dev/null
+(cd "$dest" && find . -type f | sed 's|^\.||' | sort) >"$tmp/installed-local"
+cat "$tmp/installed-local"
+sed -e 's|^/usr/|/usr/local/|' -e 's|^/etc/|/usr/local/etc/|' -e 's|^/lib/|/usr/local/lib/|' \
+    -e 's/\.gz$//' "$tmp/man-files" | sort | diff -u - "$tmp/installed-local" ||
+    fail "make install (PREFIX=/usr/local) does not lay out the files timed(8) lists"
+grep -q '^ExecStart=/usr/local/bin/timed --conf /usr/local/etc/timed/timed.conf$' \
+    "$dest/usr/local/lib/systemd/system/timed.service" || fail "the PREFIX=/usr/local unit has the wrong paths"
+# An existing configuration is never overwritten, and uninstall keeps an edited one.
+echo "maxpeers=7" >>"$dest/usr/local/etc/timed/timed.conf"
+${MAKE:-make} --no-print-directory install DESTDIR="$dest" >/dev/null
+grep -q '^maxpeers=7$' "$dest/usr/local/etc/timed/timed.conf" || fail "make install overwrote timed.conf"
+${MAKE:-make} --no-print-directory uninstall DESTDIR="$dest" >/dev/null
+(cd "$dest" && find . -type f | sed 's|^\.||') >"$tmp/left"
+[[ $(cat "$tmp/left") == /usr/local/etc/timed/timed.conf ]] ||
+    fail "make uninstall left $(tr '\n' ' ' <"$tmp/left") (expected only the edited timed.conf)"
+echo "make install: the files timed(8) lists; an existing timed.conf kept; make uninstall: done"
+
+step "all checks passed"
