@@ -22,6 +22,7 @@ test: test-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	$(MAKE) deb-check
 
 test-deps:
 	bash scripts/test-deps.sh
@@ -44,3 +45,36 @@ sim:
 
 clean:
 	$(CARGO) clean
+
+# Packaging and installation:
+#   make deb        target/debian/timed_<version>_<arch>.deb (cargo-deb; installed when missing)
+#   make deb-check  build the .deb and check it: lintian, systemd-analyze, and as root an
+#                   install/upgrade/purge test on this machine (scripts/deb-check.sh)
+#   make install    GNU layout: PREFIX (/usr/local), DESTDIR, BINDIR, SYSCONFDIR, MANDIR,
+#                   SYSTEMDUNITDIR; never overwrites an existing timed.conf
+#   make uninstall  remove what install put there (an edited timed.conf stays)
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= $(PREFIX)/etc
+DATAROOTDIR ?= $(PREFIX)/share
+MANDIR ?= $(DATAROOTDIR)/man
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+CARGO_DEB_VERSION ?= 3.8.0
+INSTALL_VARS = DESTDIR="$(DESTDIR)" BINDIR="$(BINDIR)" SYSCONFDIR="$(SYSCONFDIR)" \
+	MANDIR="$(MANDIR)" SYSTEMDUNITDIR="$(SYSTEMDUNITDIR)"
+
+.PHONY: deb deb-check install uninstall
+
+deb:
+	$(CARGO) deb --version >/dev/null 2>&1 || \
+		$(CARGO) install cargo-deb --locked --version $(CARGO_DEB_VERSION)
+	$(CARGO) deb --locked
+
+deb-check:
+	bash scripts/deb-check.sh
+
+install: build
+	$(INSTALL_VARS) bash scripts/install.sh install
+
+uninstall:
+	$(INSTALL_VARS) bash scripts/install.sh uninstall
