@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -30,94 +30,12 @@ const ABORTS: [&str; 3] = [
 /// Reported, and `TcpOutRsts` asserted (see below).
 const REPORTED: [&str; 2] = ["TcpExtTCPAbortOnTimeout", "TcpOutRsts"];
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why a private network namespace cannot be made here, if it cannot.
-fn netns_unavailable() -> Option<String> {
-    if !is_root() {
-        return Some("not running as root".into());
-    }
-    match Command::new("unshare")
-        .args(["-n", "true"])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Err(e) => Some(format!("cannot run unshare ({e}); install util-linux")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`unshare -n true` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => None,
-    }
-}
-
 #[test]
 fn no_rst_during_duplicate_resolution_and_shutdown() {
-    if let Some(why) = netns_unavailable() {
-        let msg = format!(
-            "the RST-free test needs a private network namespace (root and `unshare -n`): {why}"
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg} (this fails when CI is set)");
+    let Some((stdout, stderr)) = run_in_private_netns(INNER_TEST, INNER_ENV, "the RST-free test")
+    else {
         return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new("unshare")
-        .arg("-n")
-        .arg("--")
-        .arg(&exe)
-        .args(["--exact", INNER_TEST, "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(INNER_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run unshare");
-    // Read both pipes on threads so neither fills up.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).ok();
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // unshare execs the test binary, so this PID is the inner run itself.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the inner run in the namespace did not finish within 150 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
     };
-    let (stdout, stderr) = (t_out.join().unwrap(), t_err.join().unwrap());
-    eprintln!("--- inner run (in a private network namespace):\n{stdout}\n{stderr}");
-    assert!(
-        status.success(),
-        "the inner run failed ({}); its output is above",
-        describe(&status)
-    );
     // Make sure the inner test really ran (and was not filtered out or skipped).
     assert!(
         stdout.contains("1 passed") && stderr.contains("RST check:"),

@@ -812,3 +812,104 @@ pub fn tcp_counters() -> BTreeMap<String, u64> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// Private network namespaces
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Why a private network namespace cannot be made here, if it cannot.
+pub fn netns_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root".into());
+    }
+    match Command::new("unshare")
+        .args(["-n", "true"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Err(e) => Some(format!("cannot run unshare ({e}); install util-linux")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`unshare -n true` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Runs the `#[ignore]`d test `inner_test` of the current test binary inside a fresh network
+/// namespace (`unshare -n`), with `inner_env` set so the inner test knows it is inside.
+/// Returns its stdout and stderr once it passed; panics (with its output) when it failed.
+/// Without root or `unshare` it returns `None` after printing why — or panics when `CI` is
+/// set, so CI never silently skips `what`.
+pub fn run_in_private_netns(
+    inner_test: &str,
+    inner_env: &str,
+    what: &str,
+) -> Option<(String, String)> {
+    if let Some(why) = netns_unavailable() {
+        let msg =
+            format!("{what} needs a private network namespace (root and `unshare -n`): {why}");
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg} (this fails when CI is set)");
+        return None;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = Command::new("unshare")
+        .arg("-n")
+        .arg("--")
+        .arg(&exe)
+        .args(["--exact", inner_test, "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(inner_env, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run unshare");
+    // Read both pipes on threads so neither fills up.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).ok();
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).ok();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // unshare execs the test binary, so this PID is the inner run itself.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the inner run in the namespace did not finish within 150 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (stdout, stderr) = (t_out.join().unwrap(), t_err.join().unwrap());
+    eprintln!("--- inner run (in a private network namespace):\n{stdout}\n{stderr}");
+    assert!(
+        status.success(),
+        "the inner run failed ({}); its output is above",
+        describe(&status)
+    );
+    Some((stdout, stderr))
+}
