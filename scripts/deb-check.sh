@@ -338,7 +338,11 @@ else
 
     step "upgrade keeps an edited /etc/timed/timed.conf"
     echo "maxpeers=200   # deb-check: an operator's edit" >>/etc/timed/timed.conf
+    # cargo deb deletes every timed_*.deb in target/debian, even with --output elsewhere:
+    # keep the one make deb built.
+    cp "$deb" "$tmp/built.deb"
     cargo deb --locked --no-build --deb-version "${version}-2" --output "$tmp/" >/dev/null
+    cp "$tmp/built.deb" "$deb"
     dpkg -i "$tmp/timed_${version}-2_${arch}.deb" </dev/null
     [[ $(dpkg-query -W -f='${Version}' timed) == "${version}-2" ]] || fail "the upgrade to ${version}-2 did not happen"
     grep -q '^maxpeers=200' /etc/timed/timed.conf || fail "the edit of /etc/timed/timed.conf was lost"
