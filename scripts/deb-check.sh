@@ -243,26 +243,35 @@ BOOT
         >"$tmp/boot.log" 2>&1 &
     boot_pid=$!
     disown "$boot_pid"  # its SIGKILL at the end is no news
+    # First the manager must answer at all: if it never does, this machine cannot boot it
+    # (skip); once it does, whatever becomes of timed.service is the unit's doing.
     local init="" state=""
     for _ in $(seq 300); do
         init=$(pgrep -P "$boot_pid" -x systemd || true)
         if [[ -n $init ]]; then
             state=$(nsenter -t "$init" -a -r -w systemctl is-system-running 2>/dev/null || true)
-            [[ $state == running || $state == degraded ]] && break
+            [[ -n $state && $state != offline ]] && break
         fi
         kill -0 "$boot_pid" 2>/dev/null || break
         sleep 0.1
     done
-    if [[ $state != running && $state != degraded ]]; then
+    if [[ -z $state || $state == offline ]]; then
         cat "$tmp/boot.log"
-        echo "skipped: systemd did not boot here (state '${state:-none}')"
+        echo "skipped: systemd did not boot here"
         stop_boot
         return 0
     fi
     local in=(nsenter -t "$init" -a -r -w)
     sctl() { "${in[@]}" systemctl --no-pager "$@"; }
-    echo "systemd $("${in[@]}" systemctl --version | sed -n '1s/^systemd //p') booted (state $state)"
-    if ! sctl is-active --quiet timed; then
+    echo "systemd $("${in[@]}" systemctl --version | sed -n '1s/^systemd //p') booted"
+    # Type=notify: active only once timed has sent READY=1.
+    local active=""
+    for _ in $(seq 300); do
+        active=$(sctl is-active timed 2>/dev/null || true)
+        [[ $active == active || $active == failed ]] && break
+        sleep 0.1
+    done
+    if [[ $active != active ]]; then
         sctl status timed || true
         "${in[@]}" journalctl --no-pager -u timed || true
         stop_boot
