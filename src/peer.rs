@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -222,12 +223,35 @@ impl Worker {
                 Err(e) => self.session.on_io_error(e.to_string()),
             }
         }
+        if !self.session.is_done() {
+            if let Some(unsent) = self.kernel_backlog() {
+                self.session
+                    .on_transport_backlog(unsent, self.ctx.clock.now());
+            }
+        }
         if self.session.wants_fin() {
             if let Err(e) = self.stream.shutdown(Shutdown::Write) {
                 debug!("shutdown(Write) to {} failed: {e}", self.remote);
             }
             self.session.fin_sent();
         }
+    }
+
+    /// Bytes written to the socket that the peer has not acknowledged yet (`SIOCOUTQ`). The
+    /// session's write stall rule needs it: a peer that reads nothing first fills the
+    /// kernel's buffers, and only after them our own queue, which on loopback with an
+    /// autotuned send buffer could take hours at the rate pings are allowed.
+    fn kernel_backlog(&self) -> Option<usize> {
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) on a TCP socket writes one int to the pointer given.
+        let rc = unsafe {
+            libc::ioctl(
+                self.stream.as_raw_fd(),
+                libc::TIOCOUTQ,
+                &mut unsent as *mut libc::c_int,
+            )
+        };
+        (rc == 0).then(|| usize::try_from(unsent).unwrap_or(0))
     }
 
     /// Passes the session's events on to the registry. False once the registry is gone.

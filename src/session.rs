@@ -164,6 +164,17 @@ pub struct Session {
     pings_this_interval: u32,
     ping_window_start: Duration,
     last_heard_event: Option<Duration>,
+    /// Bytes handed to the transport so far (everything [`Session::consume_output`] took).
+    written: u64,
+    /// Of those, how many the transport still held undelivered at its last report (the
+    /// kernel's send queue). Zero for a driver that never reports it.
+    transport_backlog: u64,
+    /// Bytes known delivered (`written - transport_backlog`) when [`Session::progress_at`]
+    /// was last moved.
+    delivered: u64,
+    /// When output last made progress, or last was found empty: a peer that reads nothing
+    /// leaves this behind while our bytes wait, which is how the write stall is found.
+    progress_at: Duration,
 }
 
 impl Session {
@@ -173,7 +184,7 @@ impl Session {
         let target = canonical(target);
         let mut s = Session::new(local, Direction::Outbound, target.ip(), seq, now);
         s.expected = Some(target);
-        s.send_hello();
+        s.send_hello(now);
         s
     }
 
@@ -207,6 +218,10 @@ impl Session {
             pings_this_interval: 0,
             ping_window_start: now,
             last_heard_event: None,
+            written: 0,
+            transport_backlog: 0,
+            delivered: 0,
+            progress_at: now,
         }
     }
 
@@ -238,6 +253,16 @@ impl Session {
     /// Marks the first `n` bytes of [`Session::pending_output`] as written.
     pub fn consume_output(&mut self, n: usize) {
         self.out.drain(..n);
+        self.written += n as u64;
+    }
+
+    /// The transport still holds `unsent` of the bytes already taken from
+    /// [`Session::pending_output`]: written but not yet acknowledged by the peer (for TCP the
+    /// kernel's send queue, `SIOCOUTQ`). A driver that cannot tell never calls this; the write
+    /// stall rule then sees only our own queue.
+    pub fn on_transport_backlog(&mut self, unsent: usize, now: Duration) {
+        self.transport_backlog = (unsent as u64).min(self.written);
+        self.note_progress(now);
     }
 
     /// The next event for the registry, if any.
@@ -274,11 +299,12 @@ impl Session {
     pub fn next_deadline(&self) -> Option<Duration> {
         match &self.state {
             State::AwaitHello | State::AwaitAck(_) | State::AwaitVerdict => {
-                Some(self.started + self.local.handshake_timeout)
+                Some((self.started + self.local.handshake_timeout).min(self.stall_deadline()))
             }
             State::Established => Some(
                 (self.last_ping_sent + self.local.ping_interval)
-                    .min(self.last_recv + self.local.ping_timeout),
+                    .min(self.last_recv + self.local.ping_timeout)
+                    .min(self.stall_deadline()),
             ),
             State::Closing { deadline, .. } => Some(*deadline),
             State::Done => None,
@@ -346,10 +372,22 @@ impl Session {
         self.state = State::Done;
     }
 
-    /// Time passed: handshake deadline, pings, liveness, drain deadline.
+    /// Time passed: handshake deadline, write stall, pings, liveness, drain deadline.
     pub fn on_tick(&mut self, now: Duration) {
+        if !self.is_closing() {
+            self.note_progress(now);
+            if now >= self.stall_deadline() {
+                return self.drop_stalled(now);
+            }
+        }
         match self.state {
-            State::AwaitHello | State::AwaitAck(_) | State::AwaitVerdict => {
+            State::AwaitHello | State::AwaitAck(_) => {
+                if now >= self.started + self.local.handshake_timeout {
+                    self.handshake_timed_out(now);
+                }
+            }
+            State::AwaitVerdict => {
+                // The peer did its part; the registry is late. Nothing to warn about.
                 if now >= self.started + self.local.handshake_timeout {
                     self.close_with(Reason::Timeout, now);
                 }
@@ -392,7 +430,7 @@ impl Session {
         if self.is_closing() {
             return;
         }
-        self.send(&Message::Disconnect(reason));
+        self.send(&Message::Disconnect(reason), now);
         self.begin_close(CloseReason::Local(reason), false, now);
     }
 
@@ -417,12 +455,89 @@ impl Session {
         self.close_with(reason, now);
     }
 
+    /// The handshake deadline passed with the peer's part still missing. An inbound peer that
+    /// connects and then stalls holds one of our handshake slots for nothing (slowloris), so
+    /// that is rejected bad input and earns its warn line; a peer we dialed that stalls is a
+    /// failed dial, which the registry reports on its own.
+    fn handshake_timed_out(&mut self, now: Duration) {
+        if self.direction == Direction::Outbound {
+            return self.close_with(Reason::Timeout, now);
+        }
+        let mut detail = format!(
+            "handshake not complete within {:?} ({})",
+            self.local.handshake_timeout,
+            state_name(&self.state)
+        );
+        if self.decoder.buffered() > 0 {
+            detail += &format!(
+                "; {} bytes of an incomplete frame held",
+                self.decoder.buffered()
+            );
+        }
+        self.reject(Reason::Timeout, detail, now);
+    }
+
+    /// Whether bytes of ours wait for the peer, in our queue or the transport's.
+    fn output_waiting(&self) -> bool {
+        !self.out.is_empty() || self.transport_backlog > 0
+    }
+
+    /// Moves [`Session::progress_at`] to `now` when nothing waits or the peer took bytes since
+    /// the last look. Looking only moves it later than the true progress, which errs on the
+    /// side of keeping a peer.
+    fn note_progress(&mut self, now: Duration) {
+        let delivered = self.written - self.transport_backlog;
+        if !self.output_waiting() || delivered != self.delivered {
+            self.delivered = delivered;
+            self.progress_at = now;
+        }
+    }
+
+    /// When a peer that still has not taken any of our waiting bytes counts as not reading.
+    /// `pingtimeout` is the silence that ends a link in the other direction, so a healthy but
+    /// slow reader gets the same patience; and since each of our pings waits for it, a peer
+    /// that reads even a little keeps moving this deadline on.
+    fn stall_deadline(&self) -> Duration {
+        if self.output_waiting() {
+            self.progress_at + self.local.ping_timeout
+        } else {
+            Duration::MAX
+        }
+    }
+
+    /// The peer has read nothing for `pingtimeout` while bytes of ours waited. A `Disconnect`
+    /// would only queue behind the bytes it is not reading, so the connection ends at once:
+    /// our queue is let go and the driver closes the socket (a FIN after whatever the kernel
+    /// still holds for it). Without this rule a peer that keeps pinging but never reads would
+    /// hold its connection, our queue and the kernel's buffers forever.
+    fn drop_stalled(&mut self, now: Duration) {
+        let waited = now.saturating_sub(self.progress_at);
+        let detail = format!(
+            "peer has read none of our bytes for {waited:?} ({} queued, {} in the socket)",
+            self.out.len(),
+            self.transport_backlog
+        );
+        self.events.push_back(SessionEvent::Rejected {
+            reason: Reason::Timeout,
+            detail,
+        });
+        self.events
+            .push_back(SessionEvent::Closed(CloseReason::Local(Reason::Timeout)));
+        self.out.clear();
+        self.state = State::Done;
+    }
+
     fn heard(&mut self, rtt: Option<Duration>, now: Duration) {
         self.last_heard_event = Some(now);
         self.events.push_back(SessionEvent::Heard { rtt });
     }
 
-    fn send(&mut self, msg: &Message) {
+    fn send(&mut self, msg: &Message, now: Duration) {
+        if !self.output_waiting() {
+            // The stall clock starts when our bytes start waiting, not at the last look.
+            self.delivered = self.written - self.transport_backlog;
+            self.progress_at = now;
+        }
         if self.out.len() >= MAX_SEND_QUEUE {
             // The peer does not read: drop it rather than let our memory grow.
             self.events.push_back(SessionEvent::Rejected {
@@ -441,10 +556,10 @@ impl Session {
         let nonce = (self.seq << 32) ^ self.ping_counter;
         self.ping_outstanding = Some((nonce, now));
         self.last_ping_sent = now;
-        self.send(&Message::Ping(nonce));
+        self.send(&Message::Ping(nonce), now);
     }
 
-    fn send_hello(&mut self) {
+    fn send_hello(&mut self, now: Duration) {
         let hello = Hello {
             network: self.local.network,
             version: PROTOCOL_VERSION,
@@ -455,7 +570,7 @@ impl Session {
             masternode: self.local.masternode,
             agent: self.local.agent.clone(),
         };
-        self.send(&Message::Hello(hello));
+        self.send(&Message::Hello(hello), now);
     }
 
     fn on_message(&mut self, msg: Message, now: Duration) {
@@ -484,7 +599,7 @@ impl Session {
                     );
                     self.reject(Reason::ProtocolViolation, detail, now);
                 } else {
-                    self.send(&Message::Pong(nonce));
+                    self.send(&Message::Pong(nonce), now);
                 }
             }
             (State::AwaitVerdict | State::Established, Message::Pong(nonce)) => {
@@ -539,9 +654,12 @@ impl Session {
         }
         if self.direction == Direction::Inbound {
             self.seq = hello.seq;
-            self.send_hello();
+            self.send_hello(now);
         }
-        self.send(&Message::Ack);
+        self.send(&Message::Ack, now);
+        if self.is_closing() {
+            return; // the send queue overflowed and ended the session
+        }
         self.state = State::AwaitAck(PeerHello {
             addr,
             addr_known: !claimed.ip().is_unspecified(),

@@ -877,10 +877,21 @@ fn no_hello_by_the_handshake_timeout_closes_with_timeout() {
     assert!(!s.is_closing());
     assert!(drain_events(&mut s).is_empty());
     s.on_tick(deadline);
+    // An inbound peer that never says Hello is a slowloris: rejected bad input (the warn
+    // line), then the close.
+    let events = drain_events(&mut s);
     assert_eq!(
-        drain_events(&mut s),
-        vec![SessionEvent::Closed(CloseReason::Local(Reason::Timeout))]
+        events[1..],
+        [SessionEvent::Closed(CloseReason::Local(Reason::Timeout))],
+        "{events:?}"
     );
+    match &events[0] {
+        SessionEvent::Rejected { reason, detail } => {
+            assert_eq!(*reason, Reason::Timeout);
+            assert!(detail.contains("awaiting Hello"), "{detail}");
+        }
+        other => panic!("expected a rejection first, got {other:?}"),
+    }
     assert_eq!(
         frames(s.pending_output()),
         vec![Message::Disconnect(Reason::Timeout)]
@@ -897,9 +908,41 @@ fn a_partial_hello_does_not_extend_the_handshake_timeout() {
         s.on_data(&[*byte], ms(i as u64 * 100));
     }
     s.on_tick(secs(10));
+    let events = drain_events(&mut s);
+    assert_eq!(closeds(&events), vec![CloseReason::Local(Reason::Timeout)]);
+    assert_eq!(rejecteds(&events), vec![Reason::Timeout]);
+    // The warn line says how much of a frame the peer left hanging.
+    let detail = events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::Rejected { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        detail.contains(&format!("{} bytes of an incomplete frame", hello.len() - 1)),
+        "{detail}"
+    );
+}
+
+#[test]
+fn an_inbound_peer_that_never_acks_is_rejected_at_the_handshake_timeout() {
+    let mut s = inbound_b(Duration::ZERO);
+    s.on_data(&frame(&Message::Hello(hello_of(&node_a(), 1))), ms(1));
+    let _ = take_output(&mut s);
+    drain_events(&mut s);
+    s.on_tick(node_b().handshake_timeout);
+    assert_rejected(&mut s, Reason::Timeout, node_b().handshake_timeout);
+}
+
+#[test]
+fn an_outbound_handshake_timeout_is_a_failed_dial_not_bad_input() {
+    let mut a = Session::outbound(node_a(), node_b().addr, 1, Duration::ZERO);
+    let _ = take_output(&mut a);
+    a.on_tick(node_a().handshake_timeout);
     assert_eq!(
-        closeds(&drain_events(&mut s)),
-        vec![CloseReason::Local(Reason::Timeout)]
+        drain_events(&mut a),
+        vec![SessionEvent::Closed(CloseReason::Local(Reason::Timeout))]
     );
 }
 
@@ -1224,7 +1267,15 @@ fn pings_at_the_allowed_rate_are_no_flood() {
 
 #[test]
 fn send_queue_is_capped_when_the_peer_never_reads() {
-    let (_a, mut b) = established_pair(Duration::ZERO);
+    // A patient node (the write stall rule would take 10^6 s), so the cap is what acts.
+    let mut patient = node_b();
+    patient.ping_timeout = secs(1_000_000);
+    let (mut a, mut b) = connect(node_a(), patient, 7, Duration::ZERO);
+    pump(&mut a, &mut b, Duration::ZERO);
+    a.accept(Duration::ZERO);
+    b.accept(Duration::ZERO);
+    pump(&mut a, &mut b, Duration::ZERO);
+    assert!(b.is_established());
     drain_events(&mut b);
     let interval = node_b().ping_interval;
     // The largest Pong a ping can earn.
@@ -1261,6 +1312,168 @@ fn send_queue_is_capped_when_the_peer_never_reads() {
     assert!(b.is_closing());
     // It ends: either at once, or by the drain deadline.
     b.on_tick(interval * (rounds + 1) + DRAIN_TIMEOUT);
+    assert!(b.is_done());
+}
+
+/// An established pair where B's transport takes nothing more from `now` on: A keeps
+/// pinging at the allowed rate (so B never times A out) but reads none of B's answers.
+/// Returns B's events up to and including its close, and when it closed.
+fn ping_without_reading(
+    b: &mut Session,
+    start: Duration,
+    step: Duration,
+    limit: Duration,
+    mut transport: impl FnMut(&mut Session, Duration),
+) -> (Vec<SessionEvent>, Option<Duration>) {
+    let mut events = Vec::new();
+    let mut now = start;
+    let mut nonce = 0;
+    while now <= limit {
+        nonce += 1;
+        b.on_data(&frame(&Message::Ping(nonce)), now);
+        b.on_tick(now);
+        transport(b, now);
+        events.extend(drain_events(b));
+        if b.is_closing() {
+            return (events, Some(now));
+        }
+        now += step;
+    }
+    (events, None)
+}
+
+#[test]
+fn a_peer_that_reads_nothing_is_dropped_after_ping_timeout() {
+    let (_a, mut b) = established_pair(Duration::ZERO);
+    drain_events(&mut b);
+    let _ = take_output(&mut b);
+    let timeout = node_b().ping_timeout;
+    let start = secs(1);
+    // Nothing of B's output is ever written: its own queue holds every pong.
+    let (events, closed_at) = ping_without_reading(&mut b, start, secs(1), secs(1000), |_, _| {});
+    let closed_at = closed_at.expect("a peer that reads nothing was kept");
+    // The first pong started the clock at `start`; a pingtimeout later, not sooner, it ends.
+    assert_eq!(closed_at, start + timeout);
+    assert_eq!(rejecteds(&events), vec![Reason::Timeout], "{events:?}");
+    assert_eq!(
+        closeds(&events),
+        vec![CloseReason::Local(Reason::Timeout)],
+        "{events:?}"
+    );
+    // At once: no Disconnect queued behind the bytes it does not read, nothing kept.
+    assert!(b.is_done());
+    assert!(b.pending_output().is_empty());
+    assert_eq!(b.next_deadline(), None);
+}
+
+#[test]
+fn a_full_kernel_buffer_counts_as_not_read() {
+    let (_a, mut b) = established_pair(Duration::ZERO);
+    drain_events(&mut b);
+    let _ = take_output(&mut b);
+    b.on_transport_backlog(0, Duration::ZERO);
+    let start = secs(1);
+    // Everything is written to the socket at once, and the kernel holds all of it: the
+    // peer's window is shut.
+    let mut held = 0;
+    let (events, closed_at) = ping_without_reading(&mut b, start, secs(1), secs(1000), |s, now| {
+        held += take_output(s).len();
+        s.on_transport_backlog(held, now);
+    });
+    assert_eq!(closed_at, Some(start + node_b().ping_timeout));
+    assert_eq!(rejecteds(&events), vec![Reason::Timeout]);
+    let detail = events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::Rejected { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(detail.contains("read none of our bytes"), "{detail}");
+    assert!(b.is_done());
+}
+
+#[test]
+fn the_stall_deadline_wakes_the_driver() {
+    // A driver that looks at the session only at its deadlines (as the worker does when its
+    // socket is quiet) still finds the stall in time.
+    let (_a, mut b) = established_pair(Duration::ZERO);
+    drain_events(&mut b);
+    let _ = take_output(&mut b);
+    b.on_transport_backlog(0, Duration::ZERO);
+    let start = secs(1);
+    b.on_data(&frame(&Message::Ping(1)), start);
+    let mut held = take_output(&mut b).len();
+    b.on_transport_backlog(held, start);
+    let mut events = Vec::new();
+    let mut now = start;
+    while !b.is_closing() {
+        now = b.next_deadline().expect("a deadline while bytes wait");
+        assert!(now <= start + node_b().ping_timeout, "woke at {now:?}");
+        b.on_tick(now);
+        held += take_output(&mut b).len();
+        b.on_transport_backlog(held, now);
+        events.extend(drain_events(&mut b));
+    }
+    assert_eq!(now, start + node_b().ping_timeout);
+    assert_eq!(rejecteds(&events), vec![Reason::Timeout], "{events:?}");
+}
+
+#[test]
+fn a_slow_reader_is_kept() {
+    let (_a, mut b) = established_pair(Duration::ZERO);
+    drain_events(&mut b);
+    let _ = take_output(&mut b);
+    b.on_transport_backlog(0, Duration::ZERO);
+    // The kernel always holds a backlog, but the peer acknowledges a few bytes every
+    // second: slow, but reading.
+    let mut held = 0usize;
+    let (events, closed_at) =
+        ping_without_reading(&mut b, secs(1), secs(1), secs(400), |s, now| {
+            held += take_output(s).len();
+            held = held.saturating_sub(3).max(1);
+            s.on_transport_backlog(held, now);
+        });
+    assert_eq!(closed_at, None, "{events:?}");
+    assert!(b.is_established());
+}
+
+#[test]
+fn bytes_in_flight_on_a_healthy_link_are_no_stall() {
+    let (mut a, mut b) = established_pair(Duration::ZERO);
+    // Every ping sits in the kernel until the peer's ACK, which the next look finds: for
+    // hours, and never a stall.
+    for round in 1..=200u64 {
+        let now = secs(30 * round);
+        a.on_tick(now);
+        let out = take_output(&mut a);
+        a.on_transport_backlog(out.len(), now);
+        b.on_data(&out, now);
+        let back = take_output(&mut b);
+        a.on_data(&back, now + ms(1));
+        a.on_transport_backlog(0, now + ms(1));
+        b.on_transport_backlog(0, now + ms(1));
+        assert!(a.is_established() && b.is_established(), "round {round}");
+        drain_events(&mut a);
+        drain_events(&mut b);
+    }
+}
+
+#[test]
+fn the_stall_clock_starts_when_bytes_start_waiting() {
+    // An idle link: nothing looked at the session for a long time, then one pong waits.
+    let (_a, mut b) = established_pair(Duration::ZERO);
+    drain_events(&mut b);
+    let _ = take_output(&mut b);
+    b.on_transport_backlog(0, Duration::ZERO);
+    let later = secs(80);
+    b.on_data(&frame(&Message::Ping(1)), later);
+    b.on_tick(later + secs(5));
+    assert!(
+        b.is_established(),
+        "the stall clock ran from the last look, not from when the pong was queued"
+    );
+    b.on_tick(later + node_b().ping_timeout);
     assert!(b.is_done());
 }
 
