@@ -1655,3 +1655,148 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property: arbitrary chunks under a clock that jumps about, both directions
+// ---------------------------------------------------------------------------------------------
+
+/// One step of a driver whose clock cannot be trusted: every step carries its own time,
+/// drawn at random, so time may stand still, leap ahead or run backwards between two calls.
+#[derive(Clone, Debug)]
+enum ClockOp {
+    Data(Vec<u8>, u64),
+    Tick(u64),
+    Accept(u64),
+    Eof(u64),
+    Close(u8, u64),
+    Drain(usize),
+    Backlog(usize, u64),
+    IoError,
+}
+
+/// A time in milliseconds: mostly near the start (where the deadlines are), sometimes far.
+fn any_time() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..20_000,
+        2 => 0u64..400_000,
+        1 => 0u64..(1 << 40),
+    ]
+}
+
+/// Chunks for either direction: valid frames of both ends of a handshake, their pieces,
+/// garbage, and headers with arbitrary lengths.
+fn any_chunk() -> impl Strategy<Value = Vec<u8>> {
+    // The frames of a handshake weigh more than in `chunk`, so that sequences reach the
+    // verdict and the established state often enough, clock jumps and all.
+    let whole = prop_oneof![
+        3 => chunk(),
+        1 => Just(frame(&Message::Hello(hello_of(&node_a(), 1)))),
+        1 => Just(frame(&Message::Hello(hello_of(&node_b(), 7)))),
+        2 => Just(frame(&Message::Ack)),
+        1 => any::<u64>().prop_map(|n| frame(&Message::Ping(n))),
+        // Pongs that answer one of our first pings (their nonce is `seq << 32 ^ count`).
+        1 => (prop::sample::select(vec![1u64, 7]), 1u64..4)
+            .prop_map(|(seq, n)| frame(&Message::Pong((seq << 32) ^ n))),
+    ];
+    prop_oneof![
+        4 => whole.clone(),
+        1 => (whole, any::<prop::sample::Index>()).prop_map(|(c, i)| {
+            let at = if c.is_empty() { 0 } else { i.index(c.len()) };
+            c[at..].to_vec()
+        }),
+    ]
+}
+
+fn clock_op() -> impl Strategy<Value = ClockOp> {
+    prop_oneof![
+        6 => (any_chunk(), any_time()).prop_map(|(c, t)| ClockOp::Data(c, t)),
+        3 => any_time().prop_map(ClockOp::Tick),
+        2 => any_time().prop_map(ClockOp::Accept),
+        1 => any_time().prop_map(ClockOp::Eof),
+        1 => (any::<u8>(), any_time()).prop_map(|(c, t)| ClockOp::Close(c, t)),
+        2 => any::<usize>().prop_map(ClockOp::Drain),
+        2 => (any::<usize>(), any_time()).prop_map(|(n, t)| ClockOp::Backlog(n, t)),
+        1 => Just(ClockOp::IoError),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The handshake state machine fed arbitrary byte chunks by a driver whose clock jumps
+    /// backwards as readily as forwards: it never panics, never holds more than a frame or
+    /// more than its queue cap, and reports at most one `Closed` (with nothing after it) and
+    /// at most one `Rejected`, whichever end it is.
+    #[test]
+    fn arbitrary_chunks_and_a_clock_that_jumps_backwards(
+        outbound in any::<bool>(),
+        start in any_time(),
+        handshake_steps in 0usize..5,
+        step_times in prop::collection::vec(any_time(), 4),
+        ops in prop::collection::vec(clock_op(), 0..48),
+    ) {
+        let mut s = if outbound {
+            Session::outbound(node_a(), node_b().addr, 7, ms(start))
+        } else {
+            inbound_b(ms(start))
+        };
+        // Often the peer first plays its part of the handshake (its Hello, its Ack, then our
+        // registry's verdict, then its Pong to our first ping), each step at a random time, so
+        // the arbitrary input that follows also meets the later states.
+        let (peer_hello, seq) = if outbound {
+            (hello_of(&node_b(), 7), 7u64)
+        } else {
+            (hello_of(&node_a(), 1), 1u64)
+        };
+        let script = [
+            ClockOp::Data(frame(&Message::Hello(peer_hello)), step_times[0]),
+            ClockOp::Data(frame(&Message::Ack), step_times[1]),
+            ClockOp::Accept(step_times[2]),
+            ClockOp::Data(frame(&Message::Pong((seq << 32) ^ 1)), step_times[3]),
+        ];
+        let ops = script.into_iter().take(handshake_steps).chain(ops);
+        let (mut closed, mut rejected, mut handshaken) = (0, 0, 0);
+        for op in ops {
+            match op {
+                ClockOp::Data(bytes, t) => s.on_data(&bytes, ms(t)),
+                ClockOp::Tick(t) => s.on_tick(ms(t)),
+                ClockOp::Accept(t) => s.accept(ms(t)),
+                ClockOp::Eof(t) => s.on_eof(ms(t)),
+                ClockOp::Close(code, t) => s.close(Reason::from_code(code), ms(t)),
+                ClockOp::Drain(n) => {
+                    let n = n % (s.pending_output().len() + 1);
+                    s.consume_output(n);
+                    if s.wants_fin() {
+                        s.fin_sent();
+                    }
+                }
+                ClockOp::Backlog(n, t) => {
+                    // Any claim, even more than was ever written: the session must cope.
+                    s.on_transport_backlog(n % 4096, ms(t));
+                }
+                ClockOp::IoError => s.on_io_error("injected".into()),
+            }
+            let _ = s.next_deadline();
+            prop_assert!(s.decoder.buffered() <= HEADER_LEN + MAX_FRAME);
+            prop_assert!(s.pending_output().len() <= MAX_SEND_QUEUE + 128);
+            for event in drain_events(&mut s) {
+                prop_assert!(closed == 0, "event after Closed: {:?}", event);
+                match event {
+                    SessionEvent::Closed(_) => closed += 1,
+                    SessionEvent::Rejected { .. } => rejected += 1,
+                    SessionEvent::Handshaken(_) => handshaken += 1,
+                    SessionEvent::Heard { .. } => {}
+                }
+            }
+            prop_assert!(closed <= 1);
+            prop_assert!(rejected <= 1);
+            prop_assert!(handshaken <= 1);
+            if s.is_closing() {
+                prop_assert!(closed == 1, "closing without a Closed event");
+            }
+            if s.is_done() {
+                prop_assert_eq!(s.next_deadline(), None);
+            }
+        }
+    }
+}
