@@ -5,7 +5,7 @@
 //! pings, and a ping is never stuck behind another peer's work.
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -89,12 +89,11 @@ pub fn spawn(
         waker,
     };
     let _ = ctx.registry.send(Msg::Attach(conn, handle));
-    let remote = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer = stream.peer_addr().ok();
+    let remote = peer.map_or_else(|| "?".into(), |a| a.to_string());
     let worker = Worker {
         conn,
+        peer,
         remote,
         stream,
         poll,
@@ -122,6 +121,9 @@ pub fn spawn(
 
 struct Worker {
     conn: ConnId,
+    /// The peer's TCP address, when the socket could tell.
+    peer: Option<SocketAddr>,
+    /// The same for logs.
     remote: String,
     stream: TcpStream,
     poll: Poll,
@@ -167,7 +169,17 @@ impl Worker {
             while let Ok(cmd) = self.commands.try_recv() {
                 match cmd {
                     Command::Accept => self.session.accept(now),
-                    Command::Close(reason) => self.session.close(reason, now),
+                    Command::Close(reason) => {
+                        if reason == Reason::TooManyPeers && !self.session.is_closing() {
+                            // A full node turning peers away after their handshake: worth a
+                            // warn line, but a flood must not turn into one per connection.
+                            if let Some(peer) = self.peer {
+                                let why = "no room for another peer after its handshake (maxpeers reached)";
+                                crate::reactor::log_refusal(peer, reason, why, now);
+                            }
+                        }
+                        self.session.close(reason, now)
+                    }
                 }
             }
             self.read(&mut buf);

@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -29,6 +30,105 @@ const WAKER: Token = Token(1);
 const MAX_PENDING: usize = 256;
 /// Refused connections being closed gracefully at once; more are simply dropped.
 const MAX_CLOSING: usize = 256;
+/// Refusals of one source IP earn at most one warn line per this period; a flood from one
+/// address is one line a minute, not one per connection.
+pub const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
+/// Warn lines about refusals per period over all IPs, so that a flood from many addresses is
+/// bounded too; the refusals not logged are counted in the next line.
+pub const REFUSAL_LOG_BURST: u32 = 10;
+/// Source IPs whose last warn line is remembered. Past this the oldest are forgotten (they
+/// may then earn a line again, still within [`REFUSAL_LOG_BURST`]).
+const REFUSAL_LOG_IPS: usize = 1024;
+
+/// Rate limit for the warn lines about refused connections (`too_many_peers`), shared by the
+/// reactor (refusals before the handshake) and the peer workers (after it).
+pub static REFUSALS: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
+
+/// Decides which refusals are logged at warn: the first from an IP in each
+/// [`REFUSAL_LOG_PERIOD`], and at most [`REFUSAL_LOG_BURST`] lines per period in all.
+#[derive(Debug)]
+pub struct RefusalLog {
+    /// When each IP last had a line.
+    last_line: BTreeMap<IpAddr, Duration>,
+    /// Start of the current period of the global budget, and lines logged in it.
+    period_start: Option<Duration>,
+    lines: u32,
+    /// Refusals counted but not logged since the last line.
+    unlogged: u64,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog::new()
+    }
+}
+
+impl RefusalLog {
+    /// An empty log: the first refusal of every IP is logged.
+    pub const fn new() -> RefusalLog {
+        RefusalLog {
+            last_line: BTreeMap::new(),
+            period_start: None,
+            lines: 0,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts a refusal of `ip` at `now`. `Some(n)` means log it now, mentioning the `n`
+    /// refusals counted without a line since the previous one; `None` means stay quiet.
+    /// A clock that went backwards only restarts the periods, it never silences an IP for
+    /// longer than one period from the time it is told.
+    pub fn note(&mut self, ip: IpAddr, now: Duration) -> Option<u64> {
+        let period_over = |since: Duration| now >= since + REFUSAL_LOG_PERIOD || now < since;
+        if self.period_start.map_or(true, period_over) {
+            self.period_start = Some(now);
+            self.lines = 0;
+        }
+        let ip_quiet = self.last_line.get(&ip).is_some_and(|t| !period_over(*t));
+        if ip_quiet || self.lines >= REFUSAL_LOG_BURST {
+            self.unlogged += 1;
+            return None;
+        }
+        if self.last_line.len() >= REFUSAL_LOG_IPS {
+            self.last_line.retain(|_, t| !period_over(*t));
+            if self.last_line.len() >= REFUSAL_LOG_IPS {
+                let oldest = self
+                    .last_line
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(ip, _)| *ip);
+                if let Some(oldest) = oldest {
+                    self.last_line.remove(&oldest);
+                }
+            }
+        }
+        self.last_line.insert(ip, now);
+        self.lines += 1;
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// Logs the refusal of `remote` with `reason` at warn, within the limits of [`REFUSALS`].
+/// `why` says which check refused it.
+pub fn log_refusal(remote: SocketAddr, reason: Reason, why: &str, now: Duration) {
+    let verdict = match REFUSALS.lock() {
+        Ok(mut log) => log.note(remote.ip(), now),
+        // A worker panicked while holding it: the count is only for logs, carry on.
+        Err(poisoned) => poisoned.into_inner().note(remote.ip(), now),
+    };
+    if let Some(unlogged) = verdict {
+        let more = if unlogged > 0 {
+            format!("; {unlogged} other refusals not logged since the last line")
+        } else {
+            String::new()
+        };
+        warn!(
+            "Refused connection from {remote}: {why} ({reason}); more from {} within {}s are only counted{more}",
+            remote.ip(),
+            REFUSAL_LOG_PERIOD.as_secs()
+        );
+    }
+}
 
 /// What the registry asks of the reactor.
 #[derive(Debug)]
@@ -228,7 +328,18 @@ impl Reactor {
                     }
                 }
                 Ok(ReactorCommand::Refuse { conn, reason }) => {
-                    if let Some((stream, _)) = self.pending.remove(&conn) {
+                    if let Some((stream, remote)) = self.pending.remove(&conn) {
+                        if reason != Reason::Shutdown {
+                            // The registry logs each refusal at debug; an operator needs to
+                            // see a flood at warn, once per IP and minute, not per connection.
+                            let why = match reason {
+                                Reason::TooManyPeers => {
+                                    "no room for its handshake (maxinboundperip or maxpeers reached)"
+                                }
+                                _ => "refused before its handshake",
+                            };
+                            log_refusal(remote, reason, why, self.ctx.clock.now());
+                        }
                         self.refuse(stream, reason);
                     }
                 }
@@ -511,5 +622,64 @@ fn set_keepalive(stream: &TcpStream, idle: Duration) {
         if rc < 0 {
             debug!("setsockopt({name}) failed: {}", io::Error::last_os_error());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn one_line_per_ip_per_period() {
+        let mut log = RefusalLog::new();
+        assert_eq!(log.note(ip(1), secs(100)), Some(0));
+        for t in 100..160 {
+            assert_eq!(log.note(ip(1), secs(t)), None, "at {t}s");
+        }
+        // A period later it is logged again, with the count of what was not.
+        assert_eq!(log.note(ip(1), secs(160)), Some(60));
+        assert_eq!(log.note(ip(1), secs(161)), None);
+    }
+
+    #[test]
+    fn other_ips_are_logged_within_the_burst() {
+        let mut log = RefusalLog::new();
+        for i in 0..REFUSAL_LOG_BURST as u8 {
+            assert_eq!(log.note(ip(i), secs(5)), Some(0), "ip {i}");
+        }
+        // The burst is spent: every further IP is only counted until the period is over.
+        for i in 100..200 {
+            assert_eq!(log.note(ip(i), secs(6)), None);
+        }
+        assert_eq!(log.note(ip(250), secs(65)), Some(100));
+    }
+
+    #[test]
+    fn many_ips_do_not_grow_the_table_without_bound() {
+        let mut log = RefusalLog::new();
+        for n in 0..(REFUSAL_LOG_IPS as u64 * 4) {
+            let addr = IpAddr::from((n as u32 + 1).to_be_bytes());
+            // One period per burst, so that every IP earns its line.
+            let t = secs(n / u64::from(REFUSAL_LOG_BURST) * 60);
+            log.note(addr, t);
+            assert!(log.last_line.len() <= REFUSAL_LOG_IPS);
+        }
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_never_silences_an_ip_for_long() {
+        let mut log = RefusalLog::new();
+        assert_eq!(log.note(ip(1), secs(1000)), Some(0));
+        // Time jumped back: the remembered line is "in the future"; a new period starts.
+        assert_eq!(log.note(ip(1), secs(10)), Some(0));
+        assert_eq!(log.note(ip(1), secs(11)), None);
     }
 }
