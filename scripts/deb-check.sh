@@ -45,10 +45,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v readelf >/dev/null 2>&1 || missing+=(binutils)
-# The package's own dependencies, for dpkg -i.
-for pkg in adduser libssl3; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-done
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 if ((${#missing[@]})); then
     if $is_root && command -v apt-get >/dev/null 2>&1; then
         step "installing ${missing[*]}"
@@ -320,6 +318,17 @@ else
             >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
         policy_added=true
+    fi
+
+    # dpkg -i installs no dependency: bring in any that this machine lacks.
+    needed=()
+    for dep in $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/[|(].*//'); do
+        dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q "ok installed" || needed+=("$dep")
+    done
+    if ((${#needed[@]})); then
+        echo "installing the package's dependencies: ${needed[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
     fi
 
     installed_by_us=true
