@@ -110,11 +110,13 @@ pub fn fetch(agent: &ureq::Agent, url: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// An HTTP(S) agent with a bounded fetch. HTTPS uses the system's OpenSSL (`native-tls`),
-/// which ureq only picks when told.
+/// An HTTP(S) agent with a bounded fetch. HTTPS uses the system's OpenSSL (`native-tls`)
+/// and the system's CA store (so a CA the operator added to `/etc/ssl/certs` is trusted),
+/// both of which ureq only picks when told.
 pub fn agent() -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::NativeTls)
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
         .build();
     ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))

@@ -40,10 +40,13 @@ fn main() -> ExitCode {
         print!("{}", config.to_conf_string());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::new()
-        .filter_level(config.loglevel)
-        .parse_default_env()
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(config.loglevel).parse_default_env();
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd the journal stamps every line itself.
+        logger.format_timestamp(None);
+    }
+    logger.init();
     let conf = args.conf.clone();
     let overrides = args.overrides.clone();
     let reload: daemon::Reload = Box::new(move || config::load(conf.as_deref(), &overrides));
