@@ -19,6 +19,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes queued for a peer that does not read: past this it is dropped rather than let
 /// our memory grow.
 pub const MAX_SEND_QUEUE: usize = 256 * 1024;
+/// Largest frame accepted before the handshake is complete. Only a `Hello` (under 200 bytes
+/// with the longest agent) or an `Ack` may come then, and a peer we know nothing about must
+/// not make us hold [`wire::MAX_FRAME`] bytes: with `maxpeers` plus the handshake slack of
+/// connections each holding a megabyte, that would be well over a hundred megabytes.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// Pings answered per `pinginterval` before a peer counts as flooding.
 const MAX_PINGS_PER_INTERVAL: u32 = 64;
 /// Least time between two [`SessionEvent::Heard`] events without a new RTT, so a chatty peer
@@ -324,6 +329,14 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => self.reject(e.reason(), e.to_string(), now),
             }
+        }
+        let handshaking = matches!(self.state, State::AwaitHello | State::AwaitAck(_));
+        if handshaking && self.decoder.buffered() > wire::HEADER_LEN + MAX_HANDSHAKE_FRAME {
+            let detail = format!(
+                "{} bytes of one frame before the handshake (at most {MAX_HANDSHAKE_FRAME} until it completes)",
+                self.decoder.buffered() - wire::HEADER_LEN
+            );
+            self.reject(Reason::ProtocolViolation, detail, now);
         }
         if self.state == State::Established {
             let due = match self.last_heard_event {

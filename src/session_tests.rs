@@ -719,9 +719,11 @@ fn rejects_an_oversized_length_prefix_from_the_header_alone() {
 
 #[test]
 fn a_frame_of_exactly_max_frame_is_buffered_then_judged() {
-    // The largest allowed frame is read in full (and then found undecodable); the decoder
-    // never holds more than one frame.
-    let mut s = inbound_b(Duration::ZERO);
+    // On an established link the largest allowed frame is read in full (and then found
+    // undecodable); the decoder never holds more than one frame.
+    let (_a, mut s) = established_pair(Duration::ZERO);
+    drain_events(&mut s);
+    let _ = take_output(&mut s);
     let mut header = NET.magic().to_vec();
     header.extend_from_slice(&(MAX_FRAME as u32).to_le_bytes());
     s.on_data(&header, ms(1));
@@ -736,6 +738,55 @@ fn a_frame_of_exactly_max_frame_is_buffered_then_judged() {
     s.on_data(&chunk[..MAX_FRAME - sent], ms(3));
     assert!(s.decoder.buffered() <= HEADER_LEN + MAX_FRAME);
     assert_rejected(&mut s, Reason::ProtocolViolation, ms(3));
+}
+
+#[test]
+fn before_the_handshake_a_frame_may_not_outgrow_a_hello() {
+    // Fed in the worker's 4 KiB reads: rejected as soon as the frame passes the handshake
+    // limit, so a stranger never makes us hold more than that (and one read).
+    for claimed in [MAX_HANDSHAKE_FRAME as u32 + 1, MAX_FRAME as u32] {
+        let mut s = inbound_b(Duration::ZERO);
+        let mut header = NET.magic().to_vec();
+        header.extend_from_slice(&claimed.to_le_bytes());
+        s.on_data(&header, ms(1));
+        let read = vec![0u8; 4096];
+        let mut sent = 0;
+        while !s.is_closing() {
+            assert!(
+                sent <= MAX_HANDSHAKE_FRAME,
+                "still reading after {sent} bytes"
+            );
+            s.on_data(&read, ms(2));
+            sent += read.len();
+            assert!(s.decoder.buffered() <= HEADER_LEN + MAX_HANDSHAKE_FRAME + read.len());
+        }
+        assert_rejected(&mut s, Reason::ProtocolViolation, ms(2));
+    }
+    // While waiting for the Ack as well.
+    let mut s = inbound_b(Duration::ZERO);
+    s.on_data(&frame(&Message::Hello(hello_of(&node_a(), 1))), ms(1));
+    let _ = take_output(&mut s);
+    drain_events(&mut s);
+    let mut big = NET.magic().to_vec();
+    big.extend_from_slice(&(MAX_FRAME as u32).to_le_bytes());
+    big.extend_from_slice(&[0u8; MAX_HANDSHAKE_FRAME + 1]);
+    s.on_data(&big, ms(2));
+    assert_rejected(&mut s, Reason::ProtocolViolation, ms(2));
+    // A frame of exactly the limit is still judged by its content, not its size.
+    let mut s = inbound_b(Duration::ZERO);
+    let mut edge = NET.magic().to_vec();
+    edge.extend_from_slice(&(MAX_HANDSHAKE_FRAME as u32).to_le_bytes());
+    edge.extend_from_slice(&vec![0xff; MAX_HANDSHAKE_FRAME]);
+    s.on_data(&edge, ms(1));
+    let events = drain_events(&mut s);
+    let detail = events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::Rejected { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .expect("rejected");
+    assert!(detail.contains("undecodable"), "{detail}");
 }
 
 #[test]
