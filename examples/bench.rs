@@ -1087,6 +1087,12 @@ fn steady(ctx: &Ctx, opts: &Opts, rows: &mut Vec<Row>) -> Value {
         .map(|(b, a)| (a.run_ns.saturating_sub(b.run_ns)) as f64 / 1e9 * per_min)
         .collect();
     let cpu_mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+    let stat_mean = p_before
+        .iter()
+        .zip(&p_after)
+        .map(|(b, a)| (a.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / ticks * per_min)
+        .sum::<f64>()
+        / cpu.len() as f64;
     let cpu_max = cpu.iter().copied().fold(0.0, f64::max);
     let wake: Vec<f64> = p_before
         .iter()
@@ -1119,8 +1125,8 @@ fn steady(ctx: &Ctx, opts: &Opts, rows: &mut Vec<Row>) -> Value {
         Goal::AtMost(GOAL_CPU_PER_MIN),
         Some(format!(
             "sum of /proc/PID/task/*/schedstat run time over a {window:.0} s window, scaled to \
-             a minute; busiest node {cpu_max:.4} s; utime+stime (10 ms ticks) agree within \
-             a tick"
+             a minute; busiest node {cpu_max:.4} s; utime+stime of /proc/PID/stat, in 10 ms \
+             ticks, says {stat_mean:.4} s"
         )),
     );
     row(
@@ -1349,6 +1355,22 @@ fn memory(ctx: &Ctx, opts: &Opts, nofile: u64, rows: &mut Vec<Row>) -> (Value, V
         Unit::Kib,
         Goal::AtMost(GOAL_PER_PEER_KIB),
         None,
+    );
+    row(
+        rows,
+        "memory.rss_kib_after_all_left",
+        section,
+        format!("RSS after all {held} peers left"),
+        drained.then_some(after_close.rss_kib as f64),
+        Unit::Mib,
+        Goal::None,
+        Some(format!(
+            "{} threads again, but {:.2} MiB anonymous memory kept (at 0 peers: {:.2} MiB): \
+             freed heap and cached thread stacks stay with the process",
+            after_close.threads,
+            after_close.rss_anon_kib as f64 / 1024.0,
+            s0.map_or(0.0, |s| s.rss_anon_kib as f64 / 1024.0)
+        )),
     );
     let rss_points: Vec<(usize, f64)> = samples
         .iter()

@@ -421,7 +421,7 @@ pub fn svg(rss: &[(usize, f64)], formation: &[FormationPoint], caption: &str) ->
     );
 
     // Right: formation time (ms) against N, a bar per N with the runs' range, goal 1 s.
-    let ymax_ms = formation.iter().map(|f| f.max).fold(1000.0, f64::max) * 1.15;
+    let ymax_ms = formation.iter().map(|f| f.max).fold(1000.0, f64::max) * 1.3;
     let right = Panel {
         x0: 560.0,
         y0: 50.0,
