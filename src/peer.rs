@@ -184,6 +184,12 @@ impl Worker {
             }
             self.read(&mut buf);
             self.session.on_tick(self.ctx.clock.now());
+            // The registry hears of a completed handshake before our Ack leaves: the Ack is
+            // what completes the peer's side, and the peer may at once close a losing
+            // duplicate on the strength of it; that Closed must not overtake our Handshaken.
+            if !self.report() {
+                break;
+            }
             self.write();
             if !self.report() || self.session.is_done() {
                 break;

@@ -529,8 +529,11 @@ impl Registry {
                 .filter(|m| m.ip() == remote.ip())
                 .count();
             let live = self.conns.values().filter(|c| c.live()).count();
+            // A listed masternode's IP is never turned away for the global cap before its
+            // handshake: strangers' half-open connections must not crowd it out (the
+            // handshake then decides, with its reserved slot).
             let full = from_ip >= self.settings.maxinboundperip + listed_on_ip
-                || live >= self.settings.maxpeers + HANDSHAKE_SLACK;
+                || (listed_on_ip == 0 && live >= self.settings.maxpeers + HANDSHAKE_SLACK);
             // The broken "first connection wins" policy judges here, before any handshake.
             let premature = !self.settings.policy.judge_after_handshake
                 && self

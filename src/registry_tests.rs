@@ -1897,3 +1897,47 @@ proptest! {
 fn addr_lower() -> SocketAddr {
     addr("127.0.0.2:24100")
 }
+
+/// Strangers' half-open connections fill the handshake slack, but a listed masternode's IP
+/// is still let in to its handshake (where its reserved slot is decided).
+#[test]
+fn a_listed_masternode_is_admitted_past_a_full_handshake_slack() {
+    let mut r = Registry::new(
+        Settings {
+            maxpeers: 2,
+            ..settings("10.0.0.5:24100")
+        },
+        addrs(&["10.0.0.5:24100", "10.0.0.1:24100"]),
+        Vec::new(),
+    );
+    let mut refused_stranger = false;
+    for i in 0..40u64 {
+        let remote = SocketAddr::new(format!("192.0.2.{}", 10 + i).parse().unwrap(), 40_000);
+        let out = r.handle(
+            Input::Inbound {
+                conn: INB | (100 + i),
+                remote,
+            },
+            T0,
+        );
+        refused_stranger |= matches!(
+            out.as_slice(),
+            [Output::Refuse {
+                reason: Reason::TooManyPeers,
+                ..
+            }]
+        );
+    }
+    assert!(refused_stranger, "the global cap must bite for strangers");
+    let remote = addr("10.0.0.1:51000");
+    assert_eq!(
+        r.handle(
+            Input::Inbound {
+                conn: INB | 1,
+                remote
+            },
+            T0
+        ),
+        vec![Output::Admit { conn: INB | 1 }]
+    );
+}
