@@ -830,6 +830,7 @@ fn formation(ctx: &Ctx, opts: &Opts, rows: &mut Vec<Row>) -> (Value, Vec<Formati
             median: med,
             min: lo,
             max: hi,
+            diagnostic: None,
         });
         let section = "Formation (N masternodes started together, default settings)";
         // Per-link figures and counts: the worst of the runs.
@@ -962,6 +963,9 @@ fn formation(ctx: &Ctx, opts: &Opts, rows: &mut Vec<Row>) -> (Value, Vec<Formati
         let runs = formation_runs(ctx, n, opts.reps, &mut block, &extra);
         let mut times: Vec<f64> = runs.iter().map(|r| r.ms).collect();
         let med = median(&mut times);
+        if let Some(p) = points.iter_mut().find(|p| p.n == n) {
+            p.diagnostic = Some(med);
+        }
         row(
             rows,
             format!("formation.n{n}_reconnectmin_100ms.ms"),

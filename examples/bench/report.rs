@@ -348,6 +348,8 @@ pub struct FormationPoint {
     pub min: f64,
     /// Slowest run, ms.
     pub max: f64,
+    /// Median with `--reconnectmin=100ms` (the diagnostic runs), ms.
+    pub diagnostic: Option<f64>,
 }
 
 /// The chart: RSS against peers (left), formation time against N (right), goals dashed.
@@ -439,8 +441,10 @@ pub fn svg(rss: &[(usize, f64)], formation: &[FormationPoint], caption: &str) ->
     );
     let slot = right.w / formation.len().max(1) as f64;
     for (i, f) in formation.iter().enumerate() {
-        let cx = right.x0 + slot * (i as f64 + 0.5);
-        let bw = slot * 0.5;
+        let mid = right.x0 + slot * (i as f64 + 0.5);
+        let bw = slot * 0.34;
+        // The default bar left of the slot's middle, the diagnostic one right of it.
+        let cx = mid - slot * 0.18;
         let top = right.py(f.median);
         let _ = writeln!(
             svg,
@@ -468,12 +472,24 @@ pub fn svg(rss: &[(usize, f64)], formation: &[FormationPoint], caption: &str) ->
         );
         let _ = writeln!(
             svg,
-            r##"<text x="{cx:.1}" y="{:.1}" font-size="11" text-anchor="middle">{:.0} ms</text><text x="{cx:.1}" y="{:.1}" font-size="12" text-anchor="middle">N = {}</text>"##,
+            r##"<text x="{cx:.1}" y="{:.1}" font-size="11" text-anchor="middle">{:.0} ms</text><text x="{mid:.1}" y="{:.1}" font-size="12" text-anchor="middle">N = {}</text>"##,
             right.py(f.max) - 6.0,
             f.median,
             right.y0 + right.h + 17.0,
             f.n
         );
+        if let Some(d) = f.diagnostic {
+            let dx = mid + slot * 0.18;
+            let top = right.py(d);
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{:.1}" y="{top:.1}" width="{bw:.1}" height="{:.1}" fill="#9cc3e6"><title>N={}, --reconnectmin=100ms: median {d:.0} ms</title></rect><text x="{dx:.1}" y="{:.1}" font-size="11" text-anchor="middle">{d:.0} ms</text>"##,
+                dx - bw / 2.0,
+                right.y0 + right.h - top,
+                f.n,
+                top - 6.0
+            );
+        }
     }
     let _ = writeln!(
         svg,
@@ -493,6 +509,7 @@ pub fn svg(rss: &[(usize, f64)], formation: &[FormationPoint], caption: &str) ->
                 false,
                 "median of the runs (whiskers: fastest, slowest)",
             ),
+            ("#9cc3e6", false, "with --reconnectmin=100ms (diagnostic)"),
             ("#c0392b", true, "goal for N = 64: 1 s"),
         ],
     );
