@@ -1312,6 +1312,18 @@ fn memory(ctx: &Ctx, opts: &Opts, nofile: u64, rows: &mut Vec<Row>) -> (Value, V
     let drained = node.wait_peers(0, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let after_close = sys::sample(node.pid()).unwrap_or_default();
+    // A second round of as many peers (from other addresses): memory the first round left
+    // behind that is reused stays flat; a leak grows.
+    let (again, _, e) = connect_many(addr, &ips(52, held), 4);
+    errors.extend(e);
+    let again_held = again.len();
+    node.wait_peers(again_held as u64, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let second_full = sys::sample(node.pid()).unwrap_or_default();
+    close_many(again, 4);
+    let drained_again = node.wait_peers(0, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let second_close = sys::sample(node.pid()).unwrap_or_default();
     stop_all(std::slice::from_mut(&mut node));
 
     let at = |n: usize| samples.iter().find(|(p, _)| *p == n).map(|(_, s)| *s);
@@ -1376,6 +1388,20 @@ fn memory(ctx: &Ctx, opts: &Opts, nofile: u64, rows: &mut Vec<Row>) -> (Value, V
             s0.map_or(0.0, |s| s.rss_anon_kib as f64 / 1024.0)
         )),
     );
+    row(
+        rows,
+        "memory.rss_kib_after_second_round",
+        section,
+        format!("RSS after a second round of {again_held} peers left"),
+        drained_again.then_some(second_close.rss_kib as f64),
+        Unit::Mib,
+        Goal::None,
+        Some(format!(
+            "{:.2} MiB with the {again_held} peers connected; the same as after the first \
+             round means memory kept for reuse, more means a leak",
+            second_full.rss_kib as f64 / 1024.0
+        )),
+    );
     let rss_points: Vec<(usize, f64)> = samples
         .iter()
         .map(|(p, s)| (*p, s.rss_kib as f64))
@@ -1391,6 +1417,11 @@ fn memory(ctx: &Ctx, opts: &Opts, nofile: u64, rows: &mut Vec<Row>) -> (Value, V
             "rss_anon_kib": after_close.rss_anon_kib, "threads": after_close.threads,
         },
         "held_peers": held,
+        "second_round": {
+            "peers": again_held, "rss_kib_full": second_full.rss_kib,
+            "rss_kib_after_close": second_close.rss_kib,
+            "rss_anon_kib_after_close": second_close.rss_anon_kib, "drained": drained_again,
+        },
         "errors": errors,
         "nofile_limit": nofile,
         "handshake_ms_under_load": {
