@@ -851,9 +851,10 @@ fn formation(ctx: &Ctx, opts: &Opts, rows: &mut Vec<Row>) -> (Value, Vec<Formati
             },
             (n == 64).then(|| {
                 format!(
-                    "{} runs per N, from {lo:.0} to {hi:.0} ms; time from the moment the last of \
-                     the N processes was spawned until every node's /consensus_info reported \
-                     N-1 connected peers (each node asked every 2 ms in turn)",
+                    "{} runs per N, from {lo:.0} to {hi:.0} ms; all N processes are forked and \
+                     held at a barrier, then exec timed at once: time from that release until \
+                     every node's /consensus_info reports N-1 connected peers (each node asked \
+                     every 2 ms in turn)",
                     runs.len()
                 )
             }),
