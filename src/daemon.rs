@@ -22,8 +22,9 @@ use crate::signals::{self, Signal};
 use crate::status::{self, Answer, Query};
 
 /// Messages to the registry thread waiting in its inbox: plenty for every peer's events, and
-/// bounded so a misbehaving edge slows down instead of eating memory.
-const INBOX: usize = 4096;
+/// bounded so a misbehaving edge slows down instead of eating memory. (crossbeam allocates a
+/// bounded channel's slots up front, so this is also resident memory from the start.)
+const INBOX: usize = 1024;
 /// How long the status endpoint waits for the registry.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// From the shutdown signal to exit: every graceful close must be done by then.
@@ -117,9 +118,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), RunError> {
         ping_timeout: config.pingtimeout,
     };
     let (inbox_tx, inbox_rx) = bounded::<Msg>(INBOX);
-    // Every command the registry can have outstanding for the reactor is bounded by the
-    // reactor's own admission and dial limits, far below this.
-    let (reactor_tx, reactor_rx) = bounded::<ReactorCommand>(65536);
+    // Registry to reactor: unbounded, because the registry must never block on or drop a
+    // command (a lost Admit or Dial would strand a connection), and what can be outstanding
+    // is already bounded by the reactor's admission limit and the number of listed peers.
+    // A bounded channel that large would allocate its slots up front (megabytes of RSS).
+    let (reactor_tx, reactor_rx) = crossbeam_channel::unbounded::<ReactorCommand>();
     let live = Arc::new(AtomicUsize::new(0));
     let ctx = WorkerContext {
         clock,

@@ -160,6 +160,25 @@ pub struct Settings {
     pub policy: Policy,
 }
 
+/// Peers with a live connection, and those with a live outbound one.
+#[derive(Default)]
+struct LivePeers {
+    any: std::collections::BTreeSet<SocketAddr>,
+    outbound: std::collections::BTreeSet<SocketAddr>,
+}
+
+impl LivePeers {
+    /// Whether a dial to `addr` in `role` is called for, timing aside.
+    fn dial_wanted(&self, addr: SocketAddr, role: Role) -> bool {
+        match role {
+            // The designated dialer also dials over a wrong-direction link (one a fallback
+            // made): the duplicate rule then restores the designated direction.
+            Role::Designated => !self.outbound.contains(&addr),
+            Role::Dial | Role::AwaitInbound => !self.any.contains(&addr),
+        }
+    }
+}
+
 /// A read-only view of one tracked connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnView {
@@ -329,9 +348,10 @@ impl Registry {
         if self.stopping {
             return None;
         }
+        let live = self.live_peers();
         self.targets
             .iter()
-            .filter(|(addr, _)| self.dial_wanted(**addr))
+            .filter(|(addr, t)| live.dial_wanted(**addr, t.role))
             .map(|(_, t)| match t.role {
                 Role::AwaitInbound => t
                     .next_dial
@@ -437,18 +457,24 @@ impl Registry {
 
     /// Whether a dial to `addr` is called for, timing aside.
     fn dial_wanted(&self, addr: SocketAddr) -> bool {
-        let Some(t) = self.targets.get(&addr) else {
-            return false;
-        };
-        match t.role {
-            // The designated dialer also dials over a wrong-direction link (one a fallback
-            // made): the duplicate rule then restores the designated direction.
-            Role::Designated => !self
-                .conns
-                .values()
-                .any(|c| c.live() && c.peer == Some(addr) && c.direction == Direction::Outbound),
-            Role::Dial | Role::AwaitInbound => !self.has_live_conn(addr),
+        self.targets
+            .get(&addr)
+            .is_some_and(|t| self.live_peers().dial_wanted(addr, t.role))
+    }
+
+    /// Which peers have live connections: collected once per pass, so planning stays linear
+    /// in the number of connections instead of targets times connections.
+    fn live_peers(&self) -> LivePeers {
+        let mut live = LivePeers::default();
+        for c in self.conns.values().filter(|c| c.live()) {
+            if let Some(peer) = c.peer {
+                live.any.insert(peer);
+                if c.direction == Direction::Outbound {
+                    live.outbound.insert(peer);
+                }
+            }
         }
+        live
     }
 
     fn has_live_conn(&self, peer: SocketAddr) -> bool {
@@ -464,8 +490,10 @@ impl Registry {
         let local = self.settings.local.unwrap_or_else(unspecified);
         let grace = self.settings.fallbackgrace;
         let addrs: Vec<SocketAddr> = self.targets.keys().copied().collect();
+        // Dials made in this pass are not in it: each is to a different target.
+        let live = self.live_peers();
         for addr in addrs {
-            let wanted = self.dial_wanted(addr);
+            let wanted = live.dial_wanted(addr, self.targets[&addr].role);
             let t = self.targets.get_mut(&addr).expect("listed above");
             let skip = if !wanted {
                 Some(Skip::Connected)
