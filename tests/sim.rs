@@ -105,20 +105,28 @@ fn a_seed_replays_exactly() {
     );
 }
 
-/// The first seed (of `seeds`) on which `policy` breaks `check`.
-fn caught(policy: Policy, faults: bool, nodes: usize, seeds: u64, check: Check) -> Option<Report> {
+/// The report of the first seed (of `seeds`) whose run under `policy` is `found`.
+fn first_report(
+    policy: Policy,
+    faults: bool,
+    nodes: usize,
+    seeds: u64,
+    found: impl Fn(&Report) -> bool,
+) -> Option<Report> {
     (1..=seeds).find_map(|seed| {
         let config = SimConfig {
             faults,
             policy,
             ..SimConfig::new(seed, nodes)
         };
-        let report = sim::run(&config);
-        report
-            .violations
-            .iter()
-            .any(|v| v.check == check)
-            .then_some(report)
+        Some(sim::run(&config)).filter(|r| found(r))
+    })
+}
+
+/// The first seed (of `seeds`) on which `policy` breaks `check`.
+fn caught(policy: Policy, faults: bool, nodes: usize, seeds: u64, check: Check) -> Option<Report> {
+    first_report(policy, faults, nodes, seeds, |r| {
+        r.violations.iter().any(|v| v.check == check)
     })
 }
 
@@ -190,15 +198,8 @@ fn broken_newest_connection_wins_is_caught_by_ends_agree_or_lower_dialer() {
         resolve_duplicate: newest_wins,
         ..Policy::STANDARD
     };
-    let report = (1..=200).find_map(|seed| {
-        let config = SimConfig {
-            policy,
-            ..SimConfig::new(seed, 5)
-        };
-        let r = sim::run(&config);
-        (!r.passed()).then_some(r)
-    });
-    let report = report.expect("arrival-order duplicate resolution went unnoticed");
+    let report = first_report(policy, true, 5, 200, |r| !r.passed())
+        .expect("arrival-order duplicate resolution went unnoticed");
     let check = report.violations[0].check;
     assert!(
         [
