@@ -6,12 +6,14 @@
 #   make run        one node in the foreground on 127.0.0.1:24100 (Ctrl-C stops it)
 #   make sim        the deterministic simulator: SEEDS=N (1000), SEED=S (replay one),
 #                   NODES=K (5), FAULTS=0 (fault-free), TRACE=1 (with SEED: every decision)
+#   make fuzz       cargo-fuzz on every target for FUZZ_SECONDS (60) each, at once
+#                   (FUZZ_TARGETS to pick; scripts/fuzz.sh installs cargo-fuzz when missing)
 #   make clean      remove build output
 
 CARGO ?= cargo
 RUN_ARGS ?= --listen=127.0.0.1:24100
 
-.PHONY: all build test test-deps demo run sim clean
+.PHONY: all build test test-deps demo run sim fuzz clean
 
 all: build
 
@@ -42,6 +44,12 @@ SIM_ARGS = --seeds $(SEEDS) --nodes $(NODES) --faults $(FAULTS) $(if $(SEED),--s
 
 sim:
 	TRACE=$(TRACE) $(CARGO) run --release --quiet --example sim -- $(SIM_ARGS)
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frame_decoder handshake
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" bash scripts/fuzz.sh
 
 clean:
 	$(CARGO) clean

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod fuzz;
 pub mod metrics;
 pub mod notify;
 pub mod peer;

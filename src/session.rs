@@ -250,6 +250,11 @@ impl Session {
         matches!(self.state, State::Closing { .. } | State::Done)
     }
 
+    /// Bytes of an incomplete incoming frame held for the peer.
+    pub fn buffered_input(&self) -> usize {
+        self.decoder.buffered()
+    }
+
     /// Bytes waiting to be written to the socket.
     pub fn pending_output(&self) -> &[u8] {
         &self.out

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use proptest::prelude::*;
 
+use crate::fuzz::Invariants;
 use crate::wire::{HEADER_LEN, MAX_FRAME};
 
 // ---------------------------------------------------------------------------------------------
@@ -1657,9 +1658,7 @@ proptest! {
     fn arbitrary_input_never_breaks_an_inbound_session(ops in prop::collection::vec(op(), 0..40)) {
         let mut now = Duration::ZERO;
         let mut s = inbound_b(now);
-        let mut closed = 0;
-        let mut rejected = 0;
-        let mut handshaken = 0;
+        let mut check = Invariants::new(NET);
         for op in ops {
             match op {
                 Op::Data(bytes) => s.on_data(&bytes, now),
@@ -1675,34 +1674,14 @@ proptest! {
                 Op::Close(code) => s.close(Reason::from_code(code), now),
                 Op::Drain(n) => {
                     let n = n % (s.pending_output().len() + 1);
+                    check.written(&s.pending_output()[..n]);
                     s.consume_output(n);
                     if s.wants_fin() {
                         s.fin_sent();
                     }
                 }
             }
-            prop_assert!(s.decoder.buffered() <= HEADER_LEN + MAX_FRAME);
-            prop_assert!(s.pending_output().len() <= MAX_SEND_QUEUE + 128);
-            for event in drain_events(&mut s) {
-                prop_assert!(closed == 0, "event after Closed: {:?}", event);
-                match event {
-                    SessionEvent::Closed(_) => closed += 1,
-                    SessionEvent::Rejected { .. } => rejected += 1,
-                    SessionEvent::Handshaken(_) => handshaken += 1,
-                    SessionEvent::Heard { .. } => {
-                        prop_assert!(s.is_established() || s.is_closing());
-                    }
-                }
-            }
-            prop_assert!(closed <= 1);
-            prop_assert!(rejected <= 1);
-            prop_assert!(handshaken <= 1);
-            if rejected == 1 {
-                prop_assert!(s.is_closing());
-            }
-            if s.is_closing() {
-                prop_assert!(closed == 1, "closing without a Closed event");
-            }
+            check.after_step(&mut s);
         }
     }
 }
@@ -1806,7 +1785,7 @@ proptest! {
             ClockOp::Data(frame(&Message::Pong((seq << 32) ^ 1)), step_times[3]),
         ];
         let ops = script.into_iter().take(handshake_steps).chain(ops);
-        let (mut closed, mut rejected, mut handshaken) = (0, 0, 0);
+        let mut check = Invariants::new(NET);
         for op in ops {
             match op {
                 ClockOp::Data(bytes, t) => s.on_data(&bytes, ms(t)),
@@ -1816,6 +1795,7 @@ proptest! {
                 ClockOp::Close(code, t) => s.close(Reason::from_code(code), ms(t)),
                 ClockOp::Drain(n) => {
                     let n = n % (s.pending_output().len() + 1);
+                    check.written(&s.pending_output()[..n]);
                     s.consume_output(n);
                     if s.wants_fin() {
                         s.fin_sent();
@@ -1828,26 +1808,7 @@ proptest! {
                 ClockOp::IoError => s.on_io_error("injected".into()),
             }
             let _ = s.next_deadline();
-            prop_assert!(s.decoder.buffered() <= HEADER_LEN + MAX_FRAME);
-            prop_assert!(s.pending_output().len() <= MAX_SEND_QUEUE + 128);
-            for event in drain_events(&mut s) {
-                prop_assert!(closed == 0, "event after Closed: {:?}", event);
-                match event {
-                    SessionEvent::Closed(_) => closed += 1,
-                    SessionEvent::Rejected { .. } => rejected += 1,
-                    SessionEvent::Handshaken(_) => handshaken += 1,
-                    SessionEvent::Heard { .. } => {}
-                }
-            }
-            prop_assert!(closed <= 1);
-            prop_assert!(rejected <= 1);
-            prop_assert!(handshaken <= 1);
-            if s.is_closing() {
-                prop_assert!(closed == 1, "closing without a Closed event");
-            }
-            if s.is_done() {
-                prop_assert_eq!(s.next_deadline(), None);
-            }
+            check.after_step(&mut s);
         }
     }
 }
