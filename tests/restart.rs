@@ -36,73 +36,6 @@ fn a_restarted_node_is_recognised_by_its_boot_id() {
     );
 }
 
-fn sh(cmd: &str) {
-    let status = Command::new("sh").args(["-c", cmd]).status().expect("sh");
-    assert!(status.success(), "`{cmd}` failed");
-}
-
-/// A network namespace of its own for X, held open by a sleeping process, joined to ours by
-/// a veth pair. Killing the holder destroys the namespace and both veth ends.
-struct Cage {
-    holder: Child,
-    n: u32,
-}
-
-impl Cage {
-    /// A cage whose veth ends are named `vy{n}` (ours) and `vx{n}` (its): a dead cage's
-    /// namespace lingers while the kernel still holds its orphaned sockets, so each cage
-    /// needs names of its own.
-    fn new(n: u32) -> Cage {
-        let holder = Command::new("unshare")
-            .args(["-n", "sleep", "600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("unshare");
-        // From here on, a panic drops the cage and so ends the holder.
-        let cage = Cage { holder, n };
-        let pid = cage.holder.id();
-        // The holder must be in its namespace before the veth end moves there.
-        wait_for(Duration::from_secs(5), "the cage's namespace", || {
-            let ours = std::fs::read_link("/proc/self/ns/net").ok();
-            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-            theirs.is_some() && theirs != ours
-        });
-        sh(&format!(
-            "ip link add vy{n} type veth peer name vx{n} netns {pid}"
-        ));
-        sh(&format!(
-            "ip link set vy{n} up && ip route replace {X}/32 dev vy{n}"
-        ));
-        sh(&format!(
-            "nsenter -t {pid} -n sh -c 'ip link set lo up && ip link set vx{n} up && \
-             ip addr add {X}/32 dev vx{n} && ip route add 10.77.0.0/24 dev vx{n}'"
-        ));
-        cage
-    }
-
-    fn pid(&self) -> u32 {
-        self.holder.id()
-    }
-
-    /// Pulls the cable: nothing leaves or enters the cage any more.
-    fn cut(&self) {
-        sh(&format!(
-            "nsenter -t {} -n ip link set vx{} down",
-            self.pid(),
-            self.n
-        ));
-    }
-}
-
-impl Drop for Cage {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
-
 /// A `timed` process, stopped by its PID on drop.
 struct Proc {
     child: Child,
@@ -168,6 +101,10 @@ impl Drop for Proc {
     }
 }
 
+fn x_ip() -> std::net::Ipv4Addr {
+    X.parse().unwrap()
+}
+
 fn rpc(ip: &str) -> std::net::SocketAddr {
     format!("{ip}:8332").parse().unwrap()
 }
@@ -207,7 +144,7 @@ fn inner_restart_recognised_by_boot_id() {
         .iter()
         .map(|ip| Proc::start(&h.dir, ip, None))
         .collect();
-    let cage = Cage::new(1);
+    let cage = Cage::new(1, x_ip(), "10.77.0.0/24");
     let mut x = Proc::start(&h.dir, X, Some(&cage));
     wait_until(Duration::from_secs(20), "the first mesh", full_mesh);
 
@@ -226,7 +163,7 @@ fn inner_restart_recognised_by_boot_id() {
     }
 
     let started = Instant::now();
-    let cage = Cage::new(2);
+    let cage = Cage::new(2, x_ip(), "10.77.0.0/24");
     let x2 = Proc::start(&h.dir, X, Some(&cage));
     wait_until(
         Duration::from_secs(10),

@@ -222,6 +222,18 @@ impl Harness {
             args: Vec::new(),
             rust_log: None,
             conf: Some(self.dir.join("empty.conf")),
+            netns: None,
+        }
+    }
+
+    /// A node on `ip` (outside this test's loopback block: an address inside a private
+    /// network namespace, see [`Cage`]), named after its address; otherwise like
+    /// [`Harness::node`].
+    pub fn node_at(&self, ip: Ipv4Addr) -> NodeBuilder {
+        NodeBuilder {
+            name: format!("node-{ip}"),
+            ip,
+            ..self.node(0)
         }
     }
 
@@ -262,6 +274,8 @@ pub struct NodeBuilder {
     args: Vec<String>,
     rust_log: Option<String>,
     conf: Option<PathBuf>,
+    /// PID of a process whose network namespace the node runs in (`nsenter -n`).
+    netns: Option<u32>,
 }
 
 impl NodeBuilder {
@@ -304,6 +318,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Run the node in the network namespace of process `pid` (a [`Cage`]'s holder). nsenter
+    /// execs `timed` without forking, so the node's PID is still `timed`'s own.
+    pub fn netns(mut self, pid: u32) -> Self {
+        self.netns = Some(pid);
+        self
+    }
+
     pub fn spawn(self) -> Node {
         let mut node = Node {
             name: self.name.clone(),
@@ -338,7 +359,14 @@ pub struct Node {
 impl Node {
     fn command(&self) -> Command {
         let b = &self.builder;
-        let mut cmd = Command::new(TIMED);
+        let mut cmd = match b.netns {
+            Some(pid) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["-t", &pid.to_string(), "-n", "--", TIMED]);
+                cmd
+            }
+            None => Command::new(TIMED),
+        };
         if let Some(conf) = &b.conf {
             cmd.arg("--conf").arg(conf);
         }
@@ -358,7 +386,7 @@ impl Node {
     /// The command line, for messages.
     pub fn command_line(&self) -> String {
         let cmd = self.command();
-        let mut s = String::from(TIMED);
+        let mut s = cmd.get_program().to_string_lossy().into_owned();
         for a in cmd.get_args() {
             s.push(' ');
             s.push_str(&a.to_string_lossy());
@@ -710,6 +738,23 @@ pub fn wait_mesh(nodes: &[&Node], timeout: Duration) {
 /// (numeric `(IP, port)` order), and every node reports `active_masternodes = K` and
 /// `connected_peers = K - 1`. The error text lists every violation found.
 pub fn mesh_complete(nodes: &[&Node]) -> Result<(), String> {
+    mesh_check(nodes, |a, b| a.min(b), "the lower address dials")
+}
+
+/// Like [`mesh_complete`], but each pair's link must have been dialed by `dialer(a, b)` (one
+/// of `a` and `b`) instead of by the lower address: for meshes that a fallback completed.
+pub fn mesh_complete_dialed_by(
+    nodes: &[&Node],
+    dialer: impl Fn(SocketAddr, SocketAddr) -> SocketAddr,
+) -> Result<(), String> {
+    mesh_check(nodes, dialer, "the expected dialer")
+}
+
+fn mesh_check(
+    nodes: &[&Node],
+    dialer: impl Fn(SocketAddr, SocketAddr) -> SocketAddr,
+    rule: &str,
+) -> Result<(), String> {
     let k = nodes.len();
     let mut problems = Vec::new();
     let mut tables: BTreeMap<SocketAddr, Vec<PeerRow>> = BTreeMap::new();
@@ -747,14 +792,14 @@ pub fn mesh_complete(nodes: &[&Node]) -> Result<(), String> {
             if !all.contains(&row.address) {
                 problems.push(format!("{me}: unexpected peer {}", row.address));
             } else {
-                let want = if *me < row.address {
+                let want = if dialer(*me, row.address) == *me {
                     "outbound"
                 } else {
                     "inbound"
                 };
                 if row.direction != want {
                     problems.push(format!(
-                        "{me}: link with {} is {} (want {want}: the lower address dials)",
+                        "{me}: link with {} is {} (want {want}: {rule})",
                         row.address, row.direction
                     ));
                 }
@@ -912,4 +957,174 @@ pub fn run_in_private_netns(
         describe(&status)
     );
     Some((stdout, stderr))
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespaces inside the private one: a node behind its own cable
+
+/// Runs `cmd` with `sh -c` and panics, with its stderr, when it fails.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}",
+        describe(&out.status),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A network namespace of its own for one node, held open by a sleeping process and joined
+/// to the calling (hub) namespace by a veth pair: the hub routes `ip` to the cage, the cage
+/// reaches `hub_net` over the cable. Loopback cannot lose a packet and shares one netfilter
+/// ruleset, so faults that only one node should suffer (a pulled cable, a firewall, a
+/// NAT) are made in its cage. Killing the holder (on drop) lets the kernel destroy the
+/// namespace and both veth ends, once no socket of it lingers.
+pub struct Cage {
+    holder: Child,
+    n: u32,
+    ip: Ipv4Addr,
+}
+
+impl Cage {
+    /// A cage for `ip` whose veth ends are named `vy{n}` (the hub's) and `vx{n}` (its own):
+    /// a dead cage's namespace lingers while the kernel still holds its orphaned sockets, so
+    /// each cage of one run needs names of its own.
+    pub fn new(n: u32, ip: Ipv4Addr, hub_net: &str) -> Cage {
+        let holder = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare");
+        // From here on, a panic drops the cage and so ends the holder.
+        let cage = Cage { holder, n, ip };
+        let pid = cage.pid();
+        // The holder must be in its namespace before the veth end moves there.
+        wait_for(Duration::from_secs(5), "the cage's namespace", || {
+            let ours = fs::read_link("/proc/self/ns/net").ok();
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            theirs.is_some() && theirs != ours
+        });
+        sh(&format!(
+            "ip link add vy{n} type veth peer name vx{n} netns {pid}"
+        ));
+        sh(&format!(
+            "ip link set vy{n} up && ip route replace {ip}/32 dev vy{n}"
+        ));
+        cage.sh(&format!(
+            "ip link set lo up && ip link set vx{n} up && ip addr add {ip}/32 dev vx{n} && \
+             ip route add {hub_net} dev vx{n}"
+        ));
+        cage
+    }
+
+    /// The holder's PID: [`NodeBuilder::netns`] takes it.
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// Runs `cmd` with `sh -c` inside the cage's namespace; panics when it fails.
+    pub fn sh(&self, cmd: &str) {
+        let quoted = cmd.replace('\'', r"'\''");
+        sh(&format!("nsenter -t {} -n sh -c '{quoted}'", self.pid()));
+    }
+
+    /// Loads an nftables script (`nft -f` syntax) into the cage's own ruleset.
+    pub fn nft(&self, script: &str) {
+        let mut child = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nsenter nft (install nftables)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write the nft script");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft -f failed in the cage of {} ({}): {}\nscript:\n{script}",
+            self.ip,
+            describe(&out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    /// Makes the hub's unbound sockets (a test's status requests) reach the cage from `src`,
+    /// an address of the hub, instead of whichever the kernel picks: a rule against one node
+    /// of the hub must not catch the test's own requests.
+    pub fn hub_source(&self, src: Ipv4Addr) {
+        sh(&format!(
+            "ip route replace {}/32 dev vy{} src {src}",
+            self.ip, self.n
+        ));
+    }
+
+    /// Pulls the cable: nothing leaves or enters the cage any more.
+    pub fn cut(&self) {
+        self.sh(&format!("ip link set vx{} down", self.n));
+    }
+}
+
+impl Drop for Cage {
+    fn drop(&mut self) {
+        // The holder is our own child: its PID cannot have been reused before this wait.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Why nftables cannot be used in a network namespace here, if it cannot (run as root).
+pub fn nft_unavailable() -> Option<String> {
+    match Command::new("unshare")
+        .args(["-n", "nft", "add table inet timed_probe"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Err(e) => Some(format!("cannot run `unshare -n nft` ({e})")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`nft add table` in a fresh namespace failed: {}; install nftables",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+impl Node {
+    /// This node's `/peers` row for `peer`: `None` without a link, an error when the link is
+    /// listed twice (a duplicate) or the node does not answer.
+    pub fn try_link_with(&self, peer: SocketAddr) -> Result<Option<PeerRow>, String> {
+        let rows: Vec<PeerRow> = self
+            .try_peer_table()?
+            .into_iter()
+            .filter(|r| r.address == peer)
+            .collect();
+        match rows.as_slice() {
+            [] => Ok(None),
+            [row] => Ok(Some(row.clone())),
+            _ => Err(format!("{}: {peer} appears twice in /peers", self.name)),
+        }
+    }
+
+    /// The lines logged after `mark` (see [`Node::log_mark`]) that contain `needle`.
+    pub fn log_lines_since(&self, mark: usize, needle: &str) -> Vec<String> {
+        self.log_since(mark)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
 }
