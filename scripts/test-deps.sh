@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing:
-#   unshare (util-linux) and ip (iproute2) for the RST-free test's private network
-#   namespace; rustfmt and clippy for `make test`'s format and lint steps.
+#   unshare (util-linux) and ip and ss (iproute2) for the tests that run in private network
+#   namespaces (RST-free, restart, faults); nft (nftables) for the fault tests' partitions,
+#   NAT and dropped packets; rustfmt and clippy for `make test`'s format and lint steps.
 # Installs only as root with apt-get; otherwise says what is missing and goes on (the
-# namespace test then skips, or fails when CI is set).
+# namespace tests then skip, or fail when CI is set).
 set -euo pipefail
 
 missing=()
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 
 if ((${#missing[@]})); then
     if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -18,7 +20,7 @@ if ((${#missing[@]})); then
         apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "test-deps: missing ${missing[*]} (need root and apt-get to install);" \
-            "the network-namespace test will be skipped (or fail under CI)" >&2
+            "the network-namespace tests will be skipped (or fail under CI)" >&2
     fi
 fi
 
