@@ -49,7 +49,7 @@ for t in $targets; do
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
     corpus=$(find "target/fuzz-corpus/$t" -type f | wc -l)
     echo "fuzz: $t: $result, ${execs:-?} executions in ${seconds}s, ${cov:-cov: ?}," \
-        "$corpus new corpus entries"
+        "$corpus inputs found so far in target/fuzz-corpus/$t"
     if [[ $result == FAILED ]]; then
         tail -40 "$log"
         ls "fuzz/artifacts/$t" 2>/dev/null | sed 's|^|fuzz: crash input: fuzz/artifacts/'"$t"'/|'
