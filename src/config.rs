@@ -354,7 +354,7 @@ pub struct Args {
 }
 
 /// Parses `timed [--conf PATH] [--KEY=VALUE ...] [--check-config] [--version] [--help]` (args
-/// WITHOUT argv[0]). `--conf PATH` and `--conf=PATH` both work. Unknown flags / positional args
+/// without `argv[0]`). `--conf PATH` and `--conf=PATH` both work. Unknown flags / positional args
 /// / `--KEY` without `=VALUE` (other than the four flags) are usage errors -> Err(String
 /// message). Key validity is checked later by load (so errors name the key).
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {

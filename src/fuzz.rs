@@ -288,6 +288,8 @@ pub struct Reached {
     pub handshaken: bool,
     /// The registry's acceptance took effect.
     pub established: bool,
+    /// The peer confirmed the connection (pinged after both verdicts).
+    pub confirmed: bool,
     /// The session rejected bad input (and said why).
     pub rejected: bool,
     /// The session ended.
@@ -329,6 +331,14 @@ impl Invariants {
                 SessionEvent::Handshaken(_) => self.handshaken += 1,
                 SessionEvent::Heard { .. } => {
                     assert_eq!(self.handshaken, 1, "Heard before the handshake completed");
+                }
+                SessionEvent::Confirmed => {
+                    assert_eq!(
+                        self.handshaken, 1,
+                        "Confirmed before the handshake completed"
+                    );
+                    assert!(!self.reached.confirmed, "Confirmed twice");
+                    self.reached.confirmed = true;
                 }
             }
         }

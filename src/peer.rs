@@ -290,6 +290,7 @@ impl Worker {
                     conn: self.conn,
                     rtt,
                 },
+                SessionEvent::Confirmed => Input::Confirmed { conn: self.conn },
                 SessionEvent::Closed(reason) => Input::Closed {
                     conn: self.conn,
                     reason,

@@ -64,6 +64,11 @@ pub enum Input {
         /// What the peer told about itself.
         hello: PeerHello,
     },
+    /// The peer's verdict accepted the connection too (its first `Ping` arrived).
+    Confirmed {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The peer was heard from.
     Heard {
         /// The connection.
@@ -192,6 +197,8 @@ pub struct ConnView {
     pub established: bool,
     /// Told to close, not yet closed.
     pub closing: bool,
+    /// Lost a duplicate, but open (and not counted) until the peer confirms the winner.
+    pub retiring: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +206,14 @@ enum ConnState {
     Dialing,
     Handshaking,
     Established,
+    /// Lost a duplicate to `winner`, which the peer may not hold yet (see
+    /// `Registry::settle_duplicate`); kept open, but no longer counted, until the peer
+    /// confirms `winner`, so the peer never reads this one's close before it holds the
+    /// winner. The link again (accepted now, if it never was) if the winner ends unconfirmed.
+    Retiring {
+        /// The connection that replaces it.
+        winner: ConnId,
+    },
     /// Told to close; waiting for the session's `Closed`.
     Closing,
 }
@@ -218,6 +233,8 @@ struct Conn {
     established_at: Duration,
     last_recv: Duration,
     rtt: Option<Duration>,
+    /// The peer confirmed it: its own verdict accepted it too.
+    confirmed: bool,
 }
 
 impl Conn {
@@ -319,6 +336,7 @@ impl Registry {
             }
             Input::DialFailed { conn, error } => self.on_dial_failed(conn, error, now),
             Input::Handshaken { conn, hello } => self.on_handshaken(conn, hello, now),
+            Input::Confirmed { conn } => self.on_confirmed(conn),
             Input::Heard { conn, rtt } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.last_recv = now;
@@ -371,6 +389,7 @@ impl Registry {
                 direction: c.direction,
                 established: c.state == ConnState::Established,
                 closing: c.state == ConnState::Closing,
+                retiring: matches!(c.state, ConnState::Retiring { .. }),
             })
             .collect()
     }
@@ -530,6 +549,7 @@ impl Registry {
                         peer: Some(addr),
                         hello: None,
                         was_established: false,
+                        confirmed: false,
                         established_at: now,
                         last_recv: now,
                         rtt: None,
@@ -590,6 +610,7 @@ impl Registry {
                 peer: None,
                 hello: None,
                 was_established: false,
+                confirmed: false,
                 established_at: now,
                 last_recv: now,
                 rtt: None,
@@ -667,13 +688,9 @@ impl Registry {
                     == Survivor::New
             };
             self.metrics.duplicate();
-            if replace {
-                debug!("Replacing connection to {peer}");
-                self.close(old_id, Reason::Duplicate);
-            } else {
-                debug!("Rejecting duplicate connection from {peer}");
-                self.metrics.handshake(Reason::Duplicate.name());
-                return self.close(conn, Reason::Duplicate);
+            let restarted = old_hello.boot_id != hello.boot_id;
+            if !self.settle_duplicate(conn, old_id, replace, restarted, peer) {
+                return;
             }
         } else if !self.settings.policy.loser_waits_for_winner
             && self.loses_to_pending(conn, peer, &new_contender, local)
@@ -686,7 +703,17 @@ impl Registry {
             return self.close(conn, Reason::TooManyPeers);
         }
         self.metrics.handshake("accepted");
-        let c = self.conns.get_mut(&conn).expect("checked above");
+        self.establish(conn, now);
+    }
+
+    /// Accepts `conn`, whose handshake is complete: it is the link to its peer now.
+    fn establish(&mut self, conn: ConnId, now: Duration) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(peer) = c.peer else {
+            return;
+        };
         c.state = ConnState::Established;
         c.was_established = true;
         c.established_at = now;
@@ -702,6 +729,61 @@ impl Registry {
         self.outputs.push(Output::Accept { conn });
     }
 
+    /// Carries out the verdict between `new`, just handshaken, and `old`, established, both to
+    /// `peer`: `replace` if `new` survives. Returns whether `new` is to be accepted.
+    ///
+    /// The loser is closed at once only if the peer surely holds the winner already: a dialer
+    /// completes its handshake before its acceptor, so a winner the peer dialed, or one the
+    /// peer has confirmed, is safe. Otherwise the loser retires: it stays open, uncounted,
+    /// until the peer confirms the winner (by then the peer's own verdict has closed the
+    /// loser too), so the peer never reads the loser's `Disconnect` while it holds no link.
+    /// A restart needs no such care: the old connection is stale.
+    fn settle_duplicate(
+        &mut self,
+        new: ConnId,
+        old: ConnId,
+        replace: bool,
+        restarted: bool,
+        peer: SocketAddr,
+    ) -> bool {
+        let (winner, loser) = if replace { (new, old) } else { (old, new) };
+        let w = &self.conns[&winner];
+        let peer_holds_winner = restarted
+            || w.confirmed
+            || w.direction == Direction::Inbound
+            || !self.settings.policy.loser_waits_for_peer;
+        if replace {
+            debug!("Replacing connection to {peer}");
+        } else {
+            debug!("Rejecting duplicate connection from {peer}");
+            self.metrics.handshake(Reason::Duplicate.name());
+        }
+        if peer_holds_winner {
+            self.close(loser, Reason::Duplicate);
+        } else if let Some(l) = self.conns.get_mut(&loser) {
+            debug!("Keeping the losing connection to {peer} open until {peer} confirms the winner");
+            l.state = ConnState::Retiring { winner };
+        }
+        replace
+    }
+
+    /// The peer accepted `conn`: the connections it replaced may close now.
+    fn on_confirmed(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.confirmed = true;
+        let retired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == ConnState::Retiring { winner: conn })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retired {
+            self.close(id, Reason::Duplicate);
+        }
+    }
+
     /// Whether `new` loses to one of our own dials to `peer` still in its handshake (only the
     /// broken policy without `loser_waits_for_winner` asks).
     fn loses_to_pending(
@@ -714,7 +796,7 @@ impl Registry {
         self.conns.iter().any(|(id, c)| {
             *id != conn
                 && c.live()
-                && c.state != ConnState::Established
+                && matches!(c.state, ConnState::Dialing | ConnState::Handshaking)
                 && c.direction == Direction::Outbound
                 && c.peer == Some(peer)
                 && (self.settings.policy.resolve_duplicate)(
@@ -760,6 +842,23 @@ impl Registry {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        // A winner that ends before the peer confirmed it leaves the link to the connection
+        // it was replacing (accepted now, if it was the newcomer that lost).
+        let orphans: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == ConnState::Retiring { winner: conn })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            if self.conns[&id].was_established {
+                self.conns.get_mut(&id).expect("listed").state = ConnState::Established;
+            } else if !self.stopping {
+                self.establish(id, now);
+            }
+        }
+        // A connection closing while retiring was replaced: its end is no event of its own.
+        let replaced = matches!(c.state, ConnState::Retiring { .. });
         let label = metrics::close_label(reason.reason(), reason == CloseReason::Eof);
         if c.hello.is_none() && c.state != ConnState::Dialing {
             // It never completed a handshake: that is the handshake's result.
@@ -775,7 +874,7 @@ impl Registry {
             );
             return;
         };
-        if c.was_established && reason.reason() != Some(Reason::Duplicate) {
+        if c.was_established && !replaced && reason.reason() != Some(Reason::Duplicate) {
             info!("Disconnected from {peer}: {reason}");
         } else {
             debug!("Connection with {peer} closed: {reason}");
@@ -784,7 +883,7 @@ impl Registry {
             self.retired_boots.remove(&peer);
         }
         // Losing a duplicate is no failure: another connection carries the link.
-        let duplicate = reason.reason() == Some(Reason::Duplicate);
+        let duplicate = replaced || reason.reason() == Some(Reason::Duplicate);
         let was_up = c.was_established;
         let healthy = was_up && now.saturating_sub(c.established_at) >= HEALTHY_LINK;
         if healthy {

@@ -625,6 +625,12 @@ fn duplicate_rule_keeps_the_lower_dialers_connection_at_both_ends_in_any_order()
                     assert!(dials(&outs).is_empty(), "{case}: {outs:?}");
                     all.extend(outs);
                 }
+                // The peer confirms the winner (A's dial: at A the loser waited for this).
+                let outs = r.handle(Input::Confirmed { conn: a1 }, ms(20));
+                for (closed, reason) in closes(&outs) {
+                    assert_eq!((closed, reason), (b1, Reason::Duplicate), "{case}");
+                }
+                all.extend(outs);
                 assert_eq!(
                     accepts(&all).iter().filter(|c| **c == a1).count(),
                     1,
@@ -730,8 +736,10 @@ fn duplicate_rule_applies_between_non_masternodes_too() {
         },
         ms(3),
     );
-    assert_eq!(closes(&o1), vec![(INB | 1, Reason::Duplicate)]);
+    assert_eq!(closes(&o1), vec![]);
     assert_eq!(accepts(&o1), vec![d1]);
+    let o1 = r1.handle(Input::Confirmed { conn: d1 }, ms(4));
+    assert_eq!(closes(&o1), vec![(INB | 1, Reason::Duplicate)]);
 }
 
 /// The same as above for two nodes that do not know their own address (they listen on
@@ -802,10 +810,16 @@ fn duplicate_rule_agrees_when_neither_node_knows_its_own_address() {
         ms(3),
     ));
     // r1 keeps d1 (its dial) exactly when r2 keeps INB|1 (that same connection, n1's dial).
-    let r1_keeps_d1 = !closes(&o1).contains(&(d1, Reason::Duplicate));
-    let r2_keeps_d1 = !closes(&o2).contains(&(INB | 1, Reason::Duplicate));
-    let r1_keeps_d2 = !closes(&o1).contains(&(INB | 1, Reason::Duplicate));
-    let r2_keeps_d2 = !closes(&o2).contains(&(d2, Reason::Duplicate));
+    // (A loser may still be open, retiring until the peer confirms the winner.)
+    let keeps = |r: &Registry, conn| {
+        r.connections()
+            .iter()
+            .any(|v| v.conn == conn && v.established)
+    };
+    let r1_keeps_d1 = keeps(&r1, d1);
+    let r2_keeps_d1 = keeps(&r2, INB | 1);
+    let r1_keeps_d2 = keeps(&r1, INB | 1);
+    let r2_keeps_d2 = keeps(&r2, d2);
     assert_eq!(r1_keeps_d1, r2_keeps_d1, "{o1:?} / {o2:?}");
     assert_eq!(r1_keeps_d2, r2_keeps_d2, "{o1:?} / {o2:?}");
     assert!(
@@ -886,8 +900,12 @@ fn a_restarted_peer_on_our_outbound_link_is_replaced_too() {
         },
         secs(103),
     );
-    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
+    // We dialed the winner, so B completes its handshake after us: B's link closes only
+    // once B confirms ours.
+    assert_eq!(closes(&outs), vec![]);
     assert_eq!(accepts(&outs), vec![a2]);
+    let outs = r.handle(Input::Confirmed { conn: a2 }, secs(103));
+    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1091,9 +1109,12 @@ fn the_designated_dialer_still_dials_over_an_inbound_link_and_keeps_its_outbound
         },
         at,
     );
-    // The duplicate rule keeps ours (A is the lower address) and closes B's.
-    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
+    // The duplicate rule keeps ours (A is the lower address) and closes B's once B
+    // confirms ours.
+    assert_eq!(closes(&outs), vec![]);
     assert_eq!(accepts(&outs), vec![c2]);
+    let outs = r.handle(Input::Confirmed { conn: c2 }, at);
+    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
     r.handle(
         Input::Closed {
             conn: INB | 1,
@@ -1104,6 +1125,140 @@ fn the_designated_dialer_still_dials_over_an_inbound_link_and_keeps_its_outbound
     let s = status_of(&r, B, at);
     assert_eq!(s.direction.as_deref(), Some("outbound"));
     assert_eq!(r.next_deadline(), None);
+}
+
+/// A's registry with B's fallback link (inbound) replaced by A's own dial, which A accepted
+/// at `at` but B has not confirmed yet.
+fn replaced_awaiting_confirmation() -> (Registry, ConnId, Duration) {
+    let mut r = registry(A, &[A, B]);
+    let c1 = dial_to(&tick(&mut r, T0), B);
+    fail(&mut r, c1, T0);
+    inbound(&mut r, INB | 1, B, BOOT_B, 1, ms(500));
+    let at = r.next_deadline().unwrap();
+    let c2 = dial_to(&tick(&mut r, at), B);
+    r.handle(Input::Connected { conn: c2 }, at);
+    let outs = r.handle(
+        Input::Handshaken {
+            conn: c2,
+            hello: hello(B, BOOT_B, c2),
+        },
+        at,
+    );
+    assert_eq!(outs, vec![Output::Accept { conn: c2 }]);
+    (r, c2, at)
+}
+
+#[test]
+fn a_replaced_link_stays_open_but_uncounted_until_the_peer_confirms_its_successor() {
+    let (mut r, c2, at) = replaced_awaiting_confirmation();
+    // Only the new connection is the link now.
+    let info = r.consensus_info(at);
+    assert_eq!(
+        (info.connected_peers, info.inbound, info.outbound),
+        (1, 0, 1)
+    );
+    assert_eq!(status_of(&r, B, at).direction.as_deref(), Some("outbound"));
+    let views = r.connections();
+    let old = views.iter().find(|v| v.conn == INB | 1).unwrap();
+    assert!(old.retiring && !old.established && !old.closing);
+    // B closes it itself (its own verdict, when its handshake completes): no failure, no
+    // redial, nothing left for the confirmation to do.
+    let outs = r.handle(
+        Input::Closed {
+            conn: INB | 1,
+            reason: CloseReason::Remote(Reason::Duplicate),
+        },
+        at + ms(1),
+    );
+    assert!(outs.is_empty(), "{outs:?}");
+    assert!(r
+        .handle(Input::Confirmed { conn: c2 }, at + ms(2))
+        .is_empty());
+    assert_eq!(r.next_deadline(), None);
+    assert_eq!(r.consensus_info(at + ms(2)).connected_peers, 1);
+}
+
+#[test]
+fn a_replacement_that_ends_unconfirmed_hands_the_link_back() {
+    let (mut r, c2, at) = replaced_awaiting_confirmation();
+    let outs = r.handle(
+        Input::Closed {
+            conn: c2,
+            reason: CloseReason::Eof,
+        },
+        at + ms(1),
+    );
+    assert_eq!(closes(&outs), vec![], "the old link must not be closed");
+    let s = status_of(&r, B, at + ms(1));
+    assert_eq!(s.state, "established");
+    assert_eq!(s.direction.as_deref(), Some("inbound"));
+    assert_eq!(r.consensus_info(at + ms(1)).connected_peers, 1);
+    // A later confirmation of the dead connection changes nothing.
+    assert!(closes(&r.handle(Input::Confirmed { conn: c2 }, at + ms(2))).is_empty());
+}
+
+/// A's registry holding its own dial to B, not yet confirmed by B, when B's dial (which B
+/// accepted on its side, as dialers complete first) completes its handshake here and loses.
+fn losing_newcomer_awaiting_confirmation() -> (Registry, ConnId) {
+    let mut r = registry(A, &[A, B]);
+    let c1 = dial_to(&tick(&mut r, T0), B);
+    establish_outbound(&mut r, c1, B, BOOT_B, ms(1));
+    let outs = inbound(&mut r, INB | 1, B, BOOT_B, 1, ms(2));
+    assert!(
+        accepts(&outs).is_empty() && closes(&outs).is_empty(),
+        "the loser is neither accepted nor closed yet: {outs:?}"
+    );
+    let views = r.connections();
+    assert!(views.iter().any(|v| v.conn == INB | 1 && v.retiring));
+    assert_eq!(r.consensus_info(ms(2)).connected_peers, 1);
+    (r, c1)
+}
+
+#[test]
+fn a_losing_newcomer_closes_once_the_peer_confirms_the_winner() {
+    let (mut r, c1) = losing_newcomer_awaiting_confirmation();
+    let outs = r.handle(Input::Confirmed { conn: c1 }, ms(3));
+    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
+    // Once the winner is confirmed, a further duplicate is closed at once.
+    let outs = inbound(&mut r, INB | 2, B, BOOT_B, 2, ms(4));
+    assert_eq!(closes(&outs), vec![(INB | 2, Reason::Duplicate)]);
+}
+
+#[test]
+fn a_losing_newcomer_becomes_the_link_if_the_winner_ends_unconfirmed() {
+    let (mut r, c1) = losing_newcomer_awaiting_confirmation();
+    let outs = r.handle(
+        Input::Closed {
+            conn: c1,
+            reason: CloseReason::Io("reset".into()),
+        },
+        ms(3),
+    );
+    assert_eq!(accepts(&outs), vec![INB | 1]);
+    assert!(closes(&outs).is_empty());
+    let s = status_of(&r, B, ms(3));
+    assert_eq!(s.state, "established");
+    assert_eq!(s.direction.as_deref(), Some("inbound"));
+}
+
+#[test]
+fn shutdown_closes_a_retiring_connection_too() {
+    let (mut r, c1) = losing_newcomer_awaiting_confirmation();
+    let mut closed = closes(&r.handle(Input::Shutdown, ms(3)));
+    closed.sort_by_key(|(c, _)| *c);
+    assert_eq!(
+        closed,
+        vec![(c1, Reason::Shutdown), (INB | 1, Reason::Shutdown)]
+    );
+    // The winner's close must not rescue the loser during shutdown.
+    let outs = r.handle(
+        Input::Closed {
+            conn: c1,
+            reason: CloseReason::Local(Reason::Shutdown),
+        },
+        ms(4),
+    );
+    assert!(accepts(&outs).is_empty(), "{outs:?}");
 }
 
 #[test]
@@ -1449,6 +1604,7 @@ fn shutdown_closes_everything_then_stops() {
     let c4 = dial_to(&outs, "127.0.0.4:24100"); // still dialing
     let c5 = dial_to(&outs, "127.0.0.5:24100"); // connected, handshaking
     establish_outbound(&mut r, c3, "127.0.0.3:24100", 3, secs(1));
+    r.handle(Input::Confirmed { conn: c3 }, secs(1));
     r.handle(Input::Connected { conn: c5 }, secs(1));
     // An inbound connection in its handshake, and one that lost as a duplicate.
     assert_eq!(
@@ -1653,6 +1809,7 @@ enum Step {
     Inbound(usize),
     HandshakeIn(usize, bool, u64),
     Close(usize, u8),
+    Confirm(usize),
     Restart(usize),
     SetPeers(bool, bool),
     Shutdown,
@@ -1667,6 +1824,7 @@ fn step() -> impl Strategy<Value = Step> {
         12 => (0..WALK_PEERS.len()).prop_map(Step::Inbound),
         12 => (any::<usize>(), any::<bool>(), 0u64..4).prop_map(|(i, s, q)| Step::HandshakeIn(i, s, q)),
         12 => (any::<usize>(), any::<u8>()).prop_map(|(i, r)| Step::Close(i, r)),
+        8 => any::<usize>().prop_map(Step::Confirm),
         4 => (0..WALK_PEERS.len()).prop_map(Step::Restart),
         4 => (any::<bool>(), any::<bool>()).prop_map(|(a, b)| Step::SetPeers(a, b)),
         1 => Just(Step::Shutdown),
@@ -1681,6 +1839,8 @@ struct Driven {
     outbound: bool,
     connected: bool,
     handshaken: bool,
+    /// The registry accepted it (only then may its session report `Confirmed`).
+    accepted: bool,
 }
 
 fn pick(list: &[Driven], i: usize, want: impl Fn(&Driven) -> bool) -> Option<Driven> {
@@ -1745,7 +1905,7 @@ proptest! {
                     let conn = INB | next_inbound;
                     next_inbound += 1;
                     let peer = addr(WALK_PEERS[k]);
-                    driven.push(Driven { conn, peer, outbound: false, connected: true, handshaken: false });
+                    driven.push(Driven { conn, peer, outbound: false, connected: true, handshaken: false, accepted: false });
                     let remote = SocketAddr::new(peer.ip(), 40_000 + next_inbound as u16);
                     (Input::Inbound { conn, remote }, None)
                 }
@@ -1774,6 +1934,10 @@ proptest! {
                         };
                         (Input::Closed { conn: d.conn, reason }, None)
                     }
+                    None => (Input::Tick, None),
+                },
+                Step::Confirm(i) => match pick(&driven, i, |d| d.accepted) {
+                    Some(d) => (Input::Confirmed { conn: d.conn }, None),
                     None => (Input::Tick, None),
                 },
                 Step::Restart(k) => {
@@ -1826,7 +1990,7 @@ proptest! {
                                 );
                             }
                         }
-                        driven.push(Driven { conn: *conn, peer: *addr, outbound: true, connected: false, handshaken: false });
+                        driven.push(Driven { conn: *conn, peer: *addr, outbound: true, connected: false, handshaken: false, accepted: false });
                     }
                     Output::Refuse { conn, .. } => {
                         prop_assert!(!r.knows(*conn));
@@ -1837,7 +2001,16 @@ proptest! {
                         prop_assert!(admitted, "admit of another connection: {:?}", o);
                     }
                     Output::Accept { conn } => {
-                        prop_assert_eq!(Some(*conn), is_handshake, "accept of a connection not just handshaken");
+                        // Or a loser kept open for its winner, which ended unconfirmed.
+                        let rescued = matches!(input, Input::Closed { .. })
+                            && driven.iter().any(|d| d.conn == *conn && d.handshaken && !d.accepted);
+                        prop_assert!(
+                            Some(*conn) == is_handshake || rescued,
+                            "accept of a connection not just handshaken: {:?}", o
+                        );
+                        if let Some(d) = driven.iter_mut().find(|d| d.conn == *conn) {
+                            d.accepted = true;
+                        }
                     }
                     Output::Close { conn, reason } => {
                         if !r.knows(*conn) {

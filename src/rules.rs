@@ -197,6 +197,11 @@ pub struct Policy {
     /// Close a losing connection only once its winner is established (true), rather than as
     /// soon as it loses to a connection still in its handshake.
     pub loser_waits_for_winner: bool,
+    /// Keep a losing connection open, uncounted, until the peer confirms the winner when the
+    /// peer may not hold the winner yet (true), rather than closing the loser at once: then
+    /// the peer can read the loser's close while its handshake of the winner is still under
+    /// way, and hold no link at all for that moment.
+    pub loser_waits_for_peer: bool,
 }
 
 impl Policy {
@@ -206,6 +211,7 @@ impl Policy {
         resolve_duplicate,
         judge_after_handshake: true,
         loser_waits_for_winner: true,
+        loser_waits_for_peer: true,
     };
 }
 

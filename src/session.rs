@@ -116,6 +116,12 @@ pub enum SessionEvent {
         /// Round-trip time of the ping just answered.
         rtt: Option<Duration>,
     },
+    /// The peer's registry accepted the connection too: its first `Ping` arrived, and it
+    /// pings only after its verdict. Reported at most once, after our own acceptance. The end
+    /// that completes its handshake first (the dialer) waits for this before it closes the
+    /// duplicate the new connection replaces, so the other end never sees that close before
+    /// it has the replacement.
+    Confirmed,
     /// The session ended (it may still be draining); reported exactly once.
     Closed(CloseReason),
     /// Bad input was rejected (the session closes itself as well); reported once, for logs
@@ -166,6 +172,10 @@ pub struct Session {
     last_ping_sent: Duration,
     ping_outstanding: Option<(u64, Duration)>,
     ping_counter: u64,
+    /// The peer has pinged us since the handshake (so its verdict accepted the connection).
+    peer_pinged: bool,
+    /// [`SessionEvent::Confirmed`] was reported.
+    confirmed: bool,
     pings_this_interval: u32,
     ping_window_start: Duration,
     last_heard_event: Option<Duration>,
@@ -220,6 +230,8 @@ impl Session {
             last_ping_sent: now,
             ping_outstanding: None,
             ping_counter: 0,
+            peer_pinged: false,
+            confirmed: false,
             pings_this_interval: 0,
             ping_window_start: now,
             last_heard_event: None,
@@ -431,8 +443,10 @@ impl Session {
         if self.state == State::AwaitVerdict {
             self.state = State::Established;
             self.heard(None, now);
-            // Ping at once: the round-trip time is known from the start, and the link proves
-            // itself both ways before anyone relies on it.
+            self.confirm();
+            // Ping at once: the round-trip time is known from the start, the link proves
+            // itself both ways before anyone relies on it, and the peer learns that our
+            // verdict accepted it (see `SessionEvent::Confirmed`).
             self.send_ping(now);
         }
     }
@@ -545,6 +559,14 @@ impl Session {
         self.state = State::Done;
     }
 
+    /// Reports [`SessionEvent::Confirmed`] once both verdicts accepted the connection.
+    fn confirm(&mut self) {
+        if self.peer_pinged && !self.confirmed && self.state == State::Established {
+            self.confirmed = true;
+            self.events.push_back(SessionEvent::Confirmed);
+        }
+    }
+
     fn heard(&mut self, rtt: Option<Duration>, now: Duration) {
         self.last_heard_event = Some(now);
         self.events.push_back(SessionEvent::Heard { rtt });
@@ -618,6 +640,8 @@ impl Session {
                     self.reject(Reason::ProtocolViolation, detail, now);
                 } else {
                     self.send(&Message::Pong(nonce), now);
+                    self.peer_pinged = true;
+                    self.confirm();
                 }
             }
             (State::AwaitVerdict | State::Established, Message::Pong(nonce)) => {

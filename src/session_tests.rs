@@ -390,6 +390,50 @@ fn accept_establishes_and_the_immediate_ping_measures_the_rtt() {
     assert!(a.is_established() && b.is_established());
 }
 
+fn confirmations(events: &[SessionEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| **e == SessionEvent::Confirmed)
+        .count()
+}
+
+#[test]
+fn each_end_is_confirmed_once_by_the_peers_first_ping_after_both_verdicts() {
+    let t0 = secs(5);
+    let (mut a, mut b) = connect(node_a(), node_b(), 7, t0);
+    pump(&mut a, &mut b, t0);
+    // A, the dialer, is accepted first; B's verdict is still out, so B has not pinged.
+    a.accept(t0);
+    let (ea, eb) = pump(&mut a, &mut b, t0);
+    assert_eq!(confirmations(&ea), 0, "{ea:?}");
+    // A's ping reached B before B's verdict: it proves A accepted, so B is confirmed the
+    // moment its own verdict accepts.
+    assert_eq!(confirmations(&eb), 0, "{eb:?}");
+    b.accept(t0);
+    assert_eq!(confirmations(&drain_events(&mut b)), 1);
+    // B's first ping confirms A.
+    let (ea, eb) = pump(&mut a, &mut b, t0 + ms(1));
+    assert_eq!(confirmations(&ea), 1, "{ea:?}");
+    assert_eq!(confirmations(&eb), 0, "{eb:?}");
+    // Later pings confirm nothing more.
+    let t1 = t0 + secs(30);
+    a.on_tick(t1);
+    b.on_tick(t1);
+    let (ea, eb) = pump(&mut a, &mut b, t1);
+    assert_eq!(confirmations(&ea) + confirmations(&eb), 0);
+}
+
+#[test]
+fn a_session_the_registry_never_accepts_is_never_confirmed() {
+    let t0 = secs(5);
+    let (mut a, mut b) = connect(node_a(), node_b(), 7, t0);
+    pump(&mut a, &mut b, t0);
+    a.accept(t0);
+    b.close(Reason::Duplicate, t0);
+    let (ea, eb) = pump(&mut a, &mut b, t0);
+    assert_eq!(confirmations(&ea) + confirmations(&eb), 0, "{ea:?} {eb:?}");
+}
+
 #[test]
 fn accept_is_ignored_outside_the_verdict_wait() {
     let mut s = inbound_b(Duration::ZERO);

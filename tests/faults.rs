@@ -557,14 +557,22 @@ fn inner_nat() {
     let opened = Instant::now();
     wait_mesh(&all, FORM);
     let handed_back = opened.elapsed();
-    // The lower end decides first (its handshake completes first) and closes the fallback
-    // link as the loser; H may see that before its own verdict, so only L's line is sure.
+    // Both ends reach the verdict on their own. The lower end decides first (its handshake
+    // completes first) but keeps the fallback link open until H confirms the new one, so H
+    // always holds both when it decides: its own `Replacing` line is there too, never a
+    // close of the fallback link by the peer before it.
     let replacing = format!("Replacing connection to {h_addr}");
     for (i, l) in [l1, l2].iter().enumerate() {
         assert!(
             !l.log_lines_since(marks[i], &replacing).is_empty(),
             "{} did not log `{replacing}`",
             l.name
+        );
+        let h_replacing = format!("Replacing connection to {}", l.addr);
+        assert!(
+            !hn.log_lines_since(marks[2], &h_replacing).is_empty(),
+            "H did not log `{h_replacing}`:\n{}",
+            hn.log_tail(40)
         );
     }
     for other in [ip(1), ip(2)] {

@@ -316,6 +316,7 @@ fn handshake_seeds_reach_their_states() {
     let open = Reached {
         handshaken: true,
         established: true,
+        confirmed: true,
         rejected: false,
         closed: false,
     };

@@ -185,6 +185,19 @@ fn broken_closing_the_loser_early_is_caught_by_loser_after_winner() {
     );
 }
 
+#[test]
+fn broken_closing_the_loser_before_the_peer_holds_the_winner_is_caught_by_loser_after_winner() {
+    let policy = Policy {
+        loser_waits_for_peer: false,
+        ..Policy::STANDARD
+    };
+    let report = caught(policy, true, 5, 50, Check::LoserAfterWinner);
+    assert!(
+        report.is_some(),
+        "closing the loser while the peer is still in the winner's handshake went unnoticed"
+    );
+}
+
 fn newest_wins(existing: &Contender, new: &Contender) -> Survivor {
     let _ = (existing, new);
     Survivor::New

@@ -15,7 +15,8 @@ pub enum Check {
     /// Once a pair settles, both ends keep the same connection; the two ends never pick
     /// different winners of a duplicate.
     EndsAgree,
-    /// A duplicate is closed only while its winner is established at that node.
+    /// A duplicate is closed only while its winner is established at that node, and a node
+    /// reads the peer's `Disconnect{duplicate}` on its link only while it holds the winner.
     LoserAfterWinner,
     /// After the last fault, every pair that can connect has exactly one link within
     /// [`super::Timings::convergence_bound`].
@@ -96,11 +97,14 @@ pub(super) fn after_step(w: &mut World) {
             let detail = format!("node {n} holds {count} established connections to {peer:?}");
             w.violate(Check::OneLinkPerPair, detail);
         }
-        // The status endpoint's counts against the sessions themselves.
+        // The status endpoint's counts against the sessions themselves. A connection the
+        // registry has replaced but keeps open until the peer confirms its successor is no
+        // longer the link, so it does not count.
+        let retiring = |id: &ConnId| views.iter().any(|v| v.conn == *id && v.retiring);
         let truth: Vec<ConnId> = w.nodes[n]
             .sessions
             .iter()
-            .filter(|(_, e)| e.session.is_established())
+            .filter(|(id, e)| e.session.is_established() && !retiring(id))
             .map(|(id, _)| *id)
             .collect();
         let info = w.nodes[n].registry.consensus_info(w.now);

@@ -1,9 +1,10 @@
 //! Deterministic simulation of the whole connection protocol.
 //!
-//! N nodes run the production [`Registry`] and [`Session`] state machines — the very code the
-//! daemon runs — over a simulated network with a virtual clock. One seed drives every random
-//! choice: start times, per-message latency, which nodes sit behind NAT, crashes and restarts
-//! with new boot ids, partitions that heal, links that silently die (a lost FIN), masternodes
+//! N nodes run the production [`Registry`](crate::registry::Registry) and
+//! [`Session`](crate::session::Session) state machines — the very code the daemon runs — over
+//! a simulated network with a virtual clock. One seed drives every random choice: start
+//! times, per-message latency, which nodes sit behind NAT, crashes and restarts with new boot
+//! ids, partitions that heal, links that silently die (a lost FIN), masternodes
 //! dropped from and returned to a node's list. After every step the named checks of
 //! [`checks`] run; a failing seed replays exactly with `make sim SEED=…`.
 

@@ -9,7 +9,7 @@ use super::checks::{self, Check, Violation};
 use super::scenario::{Fault, Rng, Scenario};
 use super::{node_addr, Report, SimConfig};
 use crate::registry::{ConnId, Input, Output, Registry, Settings, INBOUND_ID_BIT};
-use crate::session::{LocalInfo, Session, SessionEvent};
+use crate::session::{CloseReason, LocalInfo, Session, SessionEvent};
 use crate::wire::{Network, Reason};
 
 /// One node.
@@ -657,6 +657,38 @@ impl<'a> World<'a> {
         self.verdicts.insert(lost, (n, kept));
     }
 
+    /// The other half of `loser_after_winner`: node `n` reads the peer's `Disconnect{duplicate}`
+    /// on `conn`, still its link (it had not closed it itself). If the winner the peer kept is
+    /// a connection node `n` has too, `n` must hold it established already: otherwise the
+    /// pair had no link at this end, however briefly. (A winner `n` no longer has at all is a
+    /// stale link at the peer, which only its ping timeout can end; `converges` bounds that.)
+    fn judge_duplicate_received(&mut self, n: usize, conn: ConnId) {
+        let views = self.nodes[n].registry.connections();
+        if !views.iter().any(|v| v.conn == conn && v.established) {
+            return;
+        }
+        let Some(lost) = self.nodes[n].sessions.get(&conn).map(|e| e.wire) else {
+            return;
+        };
+        let Some(&(closer, kept)) = self.verdicts.get(&lost) else {
+            return;
+        };
+        let wire = &self.wires[kept];
+        let Some(side) = wire.nodes.iter().position(|x| *x == n) else {
+            return;
+        };
+        let ours = wire.conns[side];
+        let Some(e) = self.nodes[n].sessions.get(&ours) else {
+            return;
+        };
+        if !e.session.is_closing() && !e.session.is_established() {
+            let detail = format!(
+                "node {n} reads Disconnect{{duplicate}} on its link #{lost} from node {closer}, which kept #{kept}, still in its handshake here"
+            );
+            self.violate(Check::LoserAfterWinner, detail);
+        }
+    }
+
     /// The peer a dial of node `n` goes to, unless the registry gave the dial up.
     fn dial_target(&self, n: usize, conn: ConnId) -> Option<SocketAddr> {
         self.nodes[n]
@@ -748,7 +780,11 @@ impl<'a> World<'a> {
                             Input::Handshaken { conn: *id, hello }
                         }
                         SessionEvent::Heard { rtt } => Input::Heard { conn: *id, rtt },
+                        SessionEvent::Confirmed => Input::Confirmed { conn: *id },
                         SessionEvent::Closed(reason) => {
+                            if reason == CloseReason::Remote(Reason::Duplicate) {
+                                self.judge_duplicate_received(n, *id);
+                            }
                             // A link that was up ends: the daemon starts its backoff over.
                             let view = self.nodes[n]
                                 .registry
