@@ -767,12 +767,68 @@ impl Registry {
         replace
     }
 
+    /// `winner` ended before the peer confirmed it: the connection it was replacing is the
+    /// link again (accepted now, if it was a newcomer that lost), unless another link to the
+    /// peer took over meanwhile. Should several have waited on it, the duplicate rule picks
+    /// one and the others close.
+    fn rescue_retiring(&mut self, winner: ConnId, now: Duration) {
+        let local = self.settings.local.unwrap_or_else(unspecified);
+        let boot_id = self.settings.boot_id;
+        let orphans: Vec<(ConnId, Contender)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == ConnState::Retiring { winner })
+            .filter_map(|(id, c)| Some((*id, c.contender(local, boot_id)?)))
+            .collect();
+        let resolve = self.settings.policy.resolve_duplicate;
+        let Some((kept, _)) =
+            orphans
+                .iter()
+                .cloned()
+                .reduce(|best, next| match resolve(&best.1, &next.1) {
+                    Survivor::Existing => best,
+                    Survivor::New => next,
+                })
+        else {
+            return;
+        };
+        if self.stopping {
+            return;
+        }
+        let peer = self.conns[&kept].peer;
+        let replaced = self
+            .conns
+            .values()
+            .any(|c| c.state == ConnState::Established && c.peer == peer);
+        if replaced {
+            // The winner itself lost to a newer link (a restart, say): they all go.
+            for (id, _) in orphans {
+                self.close(id, Reason::Duplicate);
+            }
+            return;
+        }
+        if self.conns[&kept].was_established {
+            self.conns.get_mut(&kept).expect("listed").state = ConnState::Established;
+        } else {
+            self.establish(kept, now);
+        }
+        for (id, _) in orphans {
+            if id != kept {
+                self.close(id, Reason::Duplicate);
+            }
+        }
+    }
+
     /// The peer accepted `conn`: the connections it replaced may close now.
     fn on_confirmed(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.confirmed = true;
+        if c.state != ConnState::Established {
+            // It lost to another link meanwhile: what waited on it is settled when it ends.
+            return;
+        }
         let retired: Vec<ConnId> = self
             .conns
             .iter()
@@ -842,21 +898,7 @@ impl Registry {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        // A winner that ends before the peer confirmed it leaves the link to the connection
-        // it was replacing (accepted now, if it was the newcomer that lost).
-        let orphans: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.state == ConnState::Retiring { winner: conn })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphans {
-            if self.conns[&id].was_established {
-                self.conns.get_mut(&id).expect("listed").state = ConnState::Established;
-            } else if !self.stopping {
-                self.establish(id, now);
-            }
-        }
+        self.rescue_retiring(conn, now);
         // A connection closing while retiring was replaced: its end is no event of its own.
         let replaced = matches!(c.state, ConnState::Retiring { .. });
         let label = metrics::close_label(reason.reason(), reason == CloseReason::Eof);

@@ -1242,6 +1242,48 @@ fn a_losing_newcomer_becomes_the_link_if_the_winner_ends_unconfirmed() {
 }
 
 #[test]
+fn of_several_losers_waiting_on_one_winner_only_one_becomes_the_link() {
+    let (mut r, c1) = losing_newcomer_awaiting_confirmation();
+    let outs = inbound(&mut r, INB | 2, B, BOOT_B, 2, ms(3));
+    assert!(
+        accepts(&outs).is_empty() && closes(&outs).is_empty(),
+        "{outs:?}"
+    );
+    let outs = r.handle(
+        Input::Closed {
+            conn: c1,
+            reason: CloseReason::Eof,
+        },
+        ms(4),
+    );
+    let (accepted, closed) = (accepts(&outs), closes(&outs));
+    assert_eq!(accepted.len(), 1, "{outs:?}");
+    assert_eq!(closed.len(), 1, "{outs:?}");
+    assert_ne!(accepted[0], closed[0].0);
+    assert_eq!(r.consensus_info(ms(4)).connected_peers, 1);
+}
+
+#[test]
+fn losers_waiting_on_a_winner_that_was_itself_replaced_close_with_it() {
+    let (mut r, c1) = losing_newcomer_awaiting_confirmation();
+    // B restarts and dials again: its new boot replaces our link at once.
+    let outs = inbound(&mut r, INB | 2, B, BOOT_B + 1, 1, ms(3));
+    assert_eq!(closes(&outs), vec![(c1, Reason::Duplicate)]);
+    assert_eq!(accepts(&outs), vec![INB | 2]);
+    // Our old link's end leaves nothing to rescue: the new boot's link carries the pair.
+    let outs = r.handle(
+        Input::Closed {
+            conn: c1,
+            reason: CloseReason::Local(Reason::Duplicate),
+        },
+        ms(4),
+    );
+    assert!(accepts(&outs).is_empty(), "{outs:?}");
+    assert_eq!(closes(&outs), vec![(INB | 1, Reason::Duplicate)]);
+    assert_eq!(r.consensus_info(ms(4)).connected_peers, 1);
+}
+
+#[test]
 fn shutdown_closes_a_retiring_connection_too() {
     let (mut r, c1) = losing_newcomer_awaiting_confirmation();
     let mut closed = closes(&r.handle(Input::Shutdown, ms(3)));
