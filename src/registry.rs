@@ -775,10 +775,8 @@ impl Registry {
         let local = self.settings.local.unwrap_or_else(unspecified);
         let boot_id = self.settings.boot_id;
         let orphans: Vec<(ConnId, Contender)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.state == ConnState::Retiring { winner })
-            .filter_map(|(id, c)| Some((*id, c.contender(local, boot_id)?)))
+            .retirees(winner)
+            .filter_map(|(id, c)| Some((id, c.contender(local, boot_id)?)))
             .collect();
         let resolve = self.settings.policy.resolve_duplicate;
         let Some((kept, _)) =
@@ -829,15 +827,18 @@ impl Registry {
             // It lost to another link meanwhile: what waited on it is settled when it ends.
             return;
         }
-        let retired: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.state == ConnState::Retiring { winner: conn })
-            .map(|(id, _)| *id)
-            .collect();
+        let retired: Vec<ConnId> = self.retirees(conn).map(|(id, _)| id).collect();
         for id in retired {
             self.close(id, Reason::Duplicate);
         }
+    }
+
+    /// The connections retiring in favour of `winner`.
+    fn retirees(&self, winner: ConnId) -> impl Iterator<Item = (ConnId, &Conn)> {
+        self.conns
+            .iter()
+            .filter(move |(_, c)| c.state == ConnState::Retiring { winner })
+            .map(|(id, c)| (*id, c))
     }
 
     /// Whether `new` loses to one of our own dials to `peer` still in its handshake (only the
